@@ -1,0 +1,1 @@
+"""Augmentations: SSL view recipes, strong augmentation, style transfer, generative views."""

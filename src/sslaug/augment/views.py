@@ -1,0 +1,108 @@
+"""SSL view recipes as batched tensor pipelines with per-sample random parameters.
+
+Augmentations run on whole uint8 batches on the training device (kornia), so a
+training step never waits for per-image Python work on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One view's augmentation pipeline, in the papers' vocabulary.
+
+    Attributes:
+        crop_scale: RandomResizedCrop area range.
+        jitter: ColorJitter (brightness, contrast, saturation, hue).
+        jitter_p: probability of applying colour jitter.
+        grayscale_p: probability of grayscale.
+        blur_p: probability of Gaussian blur (sigma 0.1-2, kernel ~10% of the image side).
+        solarize_p: probability of solarization (threshold 0.5).
+        flip_p: horizontal flip probability.
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    solarize_p: float = 0.0
+    flip_p: float = 0.5
+
+
+# Each method's published recipe (per view). SimCLR: Chen et al. 2020 App. A;
+# MoCo v2: Chen et al. 2020b; BYOL: Grill et al. 2020 Table 6 (asymmetric blur/solarize);
+# MoCo v3, Barlow Twins and DINO use BYOL's asymmetric recipe.
+_SIMCLR = ViewRecipe(crop_scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)
+_MOCO_V2 = ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)
+_BYOL_1 = ViewRecipe(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), blur_p=1.0, solarize_p=0.0)
+_BYOL_2 = replace(_BYOL_1, blur_p=0.1, solarize_p=0.2)
+
+STANDARD_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
+    "simclr": (_SIMCLR, _SIMCLR),
+    "mocov2": (_MOCO_V2, _MOCO_V2),
+    "simsiam": (_MOCO_V2, _MOCO_V2),
+    "byol": (_BYOL_1, _BYOL_2),
+    "mocov3": (_BYOL_1, _BYOL_2),
+    "barlowtwins": (_BYOL_1, _BYOL_2),
+    "dino": (_BYOL_1, _BYOL_2),
+    "dinov2": (_BYOL_1, _BYOL_2),
+}
+
+
+def recipe_for(method: str, overrides: dict[str, Any] | None = None) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two view recipes of ``method``, with scale-level overrides (e.g. ``blur_p: 0`` at 32 px)."""
+    if method not in STANDARD_RECIPES:
+        raise KeyError(f"no standard view recipe for method {method!r}; known: {sorted(STANDARD_RECIPES)}")
+    overrides = dict(overrides or {})
+    for key in ("crop_scale", "jitter"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return tuple(replace(r, **overrides) for r in STANDARD_RECIPES[method])  # type: ignore[return-value]
+
+
+class ViewPipeline(nn.Module):
+    """uint8 batch ``[B, 3, H, W]`` -> one normalised float view ``[B, 3, size, size]``."""
+
+    def __init__(self, recipe: ViewRecipe, size: int, normalize: bool = True) -> None:
+        super().__init__()
+        b, c, s, h = recipe.jitter
+        # Kernel ~10% of the side, odd, as SimCLR; at least 3.
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        ops: list[nn.Module] = [
+            K.RandomResizedCrop((size, size), scale=recipe.crop_scale),
+            K.RandomHorizontalFlip(p=recipe.flip_p),
+        ]
+        if recipe.jitter_p > 0:
+            ops.append(K.ColorJitter(b, c, s, h, p=recipe.jitter_p))
+        if recipe.grayscale_p > 0:
+            ops.append(K.RandomGrayscale(p=recipe.grayscale_p))
+        if recipe.blur_p > 0:
+            ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=recipe.blur_p))
+        if recipe.solarize_p > 0:
+            # thresholds=0 / additions=0: kornia's threshold is 0.5 +- thresholds, so a fixed 0.5.
+            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=recipe.solarize_p))
+        if normalize:
+            ops.append(K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)))
+        self.ops = nn.Sequential(*ops)
+
+    @torch.no_grad()
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.ops(images_uint8.float().div_(255))
+
+
+def normalize_uint8(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Evaluation-time transform: scale to [0, 1] and normalise, no augmentation."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images_uint8.device).view(1, 3, 1, 1)
+    return (images_uint8.float() / 255 - mean) / std

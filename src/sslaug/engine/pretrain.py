@@ -1,0 +1,100 @@
+"""Rule entry point: pretrain one run and write its encoder.
+
+    python -m sslaug.engine.pretrain --spec JSON --data DIR --run-dir DIR --out encoder.pt
+
+``--spec`` is the run's resolved specification from the workflow (method, augmentation,
+options, backbone, dataset, epochs, seed, image_size, train, hparams, views). Rerunning
+the same command resumes from ``run-dir/checkpoint.pt``. Under ``torchrun`` every
+process runs this same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslaug.augment.views import ViewPipeline, recipe_for
+from sslaug.engine import dist
+from sslaug.engine.batches import BatchSource
+from sslaug.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, fingerprint_of, seed_everything
+from sslaug.io import atomic_torch_save, atomic_write_json
+from sslaug.methods import build_method
+from sslaug.models.backbones import build_backbone, encoder_state
+
+log = logging.getLogger("sslaug.pretrain")
+
+#: Augmentation variants the engine can run so far; the others land with their issues.
+AUGMENTATIONS = ("standard",)
+
+
+def train_config_from(spec: dict[str, Any]) -> TrainConfig:
+    """Build the TrainConfig, naming any unknown key."""
+    known = {f.name for f in fields(TrainConfig)}
+    train = dict(spec["train"])
+    unknown = sorted(set(train) - known)
+    if unknown:
+        raise ValueError(f"unknown train setting(s) {unknown} in run {spec.get('run')}; known: {sorted(known)}")
+    return TrainConfig(epochs=int(spec["epochs"]), **train)
+
+
+def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> None:
+    """Train ``spec`` to the end (resuming if possible) and write ``out`` (rank 0)."""
+    if spec["augmentation"] not in AUGMENTATIONS:
+        raise NotImplementedError(
+            f"augmentation {spec['augmentation']!r} is not implemented yet (implemented: {AUGMENTATIONS})"
+        )
+    device = dist.init_from_env()
+    seed = int(spec["seed"])
+    seed_everything(seed + dist.rank())
+    config = train_config_from(spec)
+    image_size = int(spec["image_size"])
+    backbone = build_backbone(spec["backbone"], image_size=image_size)
+    method = build_method(spec["method"], backbone, spec["hparams"])
+    pipelines = [ViewPipeline(r, image_size) for r in recipe_for(spec["method"], spec.get("views"))]
+    data = BatchSource(
+        data_dir,
+        "train",
+        config.batch_size,
+        seed,
+        device,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+        image_size=image_size,
+        num_workers=config.num_workers,
+    )
+    trainer = Trainer(method, pipelines, data, config, run_dir, device, seed, fingerprint_of(spec))
+    trainer.fit()
+    if dist.rank() == 0:
+        atomic_write_json(run_dir / "spec.json", spec)
+        atomic_torch_save(encoder_state(method.backbone, spec["backbone"], image_size, spec), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", required=True, help="resolved run specification (JSON)")
+    parser.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
+    parser.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics, TensorBoard")
+    parser.add_argument("--out", required=True, type=Path, help="encoder.pt to write")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        spec = json.loads(args.spec)
+        pretrain(spec, args.data, args.run_dir, args.out)
+    except (NonFiniteLossError, NotImplementedError, ValueError, KeyError, FileNotFoundError) as err:
+        log.error("%s: %s", type(err).__name__, err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The training loop shared by every method.
+
+Owns: device and DDP set-up, AMP (bf16) and channels_last on GPU, the optimiser and
+its warm-up + cosine schedule, checkpoints (atomic, at an interval and at the end),
+resume from the last checkpoint, seeded determinism, progress bar, per-step metrics
+to CSV and TensorBoard, and stopping on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+from tqdm import tqdm
+
+from sslaug.augment.views import ViewPipeline
+from sslaug.engine import dist
+from sslaug.engine.batches import BatchSource
+from sslaug.io import atomic_torch_save
+from sslaug.methods.base import SSLMethod
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: training stops before anything is overwritten."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one pretraining run (values come from the scale config)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "sgd"
+    base_lr: float = 0.03
+    #: "linear": lr = base_lr * batch_size / 256 (Goyal et al.), "none": lr = base_lr.
+    lr_scaling: str = "linear"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    #: Exclude biases and norm parameters from weight decay and LARS adaptation.
+    exclude_bias_norm: bool = True
+    precision: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 15.0
+    log_every_steps: int = 10
+    num_workers: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> float:
+        if self.lr_scaling == "linear":
+            return self.base_lr * self.batch_size / 256
+        if self.lr_scaling == "none":
+            return self.base_lr
+        raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; use 'linear' or 'none'")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
+    """Linear warm-up from 0 to ``peak``, then cosine decay to ``floor``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        # timm's LARS skips adaptation for groups flagged trust_coeff-free via weight_decay 0.
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class MetricsWriter:
+    """Per-step metrics to ``metrics.csv`` (and TensorBoard); rows past a resume point are dropped."""
+
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = run_dir / "metrics.csv"
+        rows: list[dict[str, str]] = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
+        self.fields: list[str] | None = list(rows[0].keys()) if rows else None
+        self.file = open(self.path, "w", newline="")
+        if rows:
+            writer = csv.DictWriter(self.file, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step or None)
+        except ImportError:  # TensorBoard is optional; CSV is the record.
+            log.warning("tensorboard not installed: metrics go to metrics.csv only")
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: f"{v:.6g}" for k, v in values.items()}}
+        if self.fields is None:
+            self.fields = list(row)
+            csv.DictWriter(self.file, fieldnames=self.fields).writeheader()
+        csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(f"pretrain/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's CPU and CUDA generators (augmentations draw from them)."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class Trainer:
+    """Trains one :class:`SSLMethod` on one dataset, resumable from ``run_dir/checkpoint.pt``."""
+
+    def __init__(
+        self,
+        method: SSLMethod,
+        pipelines: list[ViewPipeline],
+        data: BatchSource,
+        config: TrainConfig,
+        run_dir: str | Path,
+        device: torch.device,
+        seed: int,
+        fingerprint: str,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = device
+        self.seed = seed
+        self.fingerprint = fingerprint
+        self.data = data
+        self.is_main = dist.rank() == 0
+        self.cuda = device.type == "cuda"
+        self.method = method.to(device)
+        if self.cuda and config.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.pipelines = [p.to(device) for p in pipelines]
+        self.model: nn.Module = self.method
+        if dist.is_distributed():
+            if self.cuda:  # SyncBN: BN statistics over the global batch (CUDA only in PyTorch)
+                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[device.index] if self.cuda else None
+            )
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = create_optimizer_v2(
+            _param_groups(self.method, config.weight_decay, config.exclude_bias_norm),
+            opt=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
+        self.steps_per_epoch = data.steps_per_epoch
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(config.warmup_epochs * self.steps_per_epoch))
+        self.step = 0
+        self.last_checkpoint_time = time.monotonic()
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        """Write model, optimiser and RNG state at the current step (rank 0, atomic)."""
+        if not self.is_main:
+            return
+        state = {
+            "step": self.step,
+            "fingerprint": self.fingerprint,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.cuda else None,
+        }
+        atomic_torch_save(state, self.checkpoint_path)
+        self.last_checkpoint_time = time.monotonic()
+
+    def try_resume(self) -> None:
+        """Continue from ``checkpoint.pt`` when it belongs to this run's configuration."""
+        if not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            stale = self.checkpoint_path.with_name("checkpoint.stale.pt")
+            if self.is_main:
+                os.replace(self.checkpoint_path, stale)
+            log.warning("checkpoint was written for another configuration; kept as %s, starting afresh", stale)
+            return
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.cuda and state["rng_cuda"] is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d / %d", self.checkpoint_path, self.step, self.total_steps)
+
+    def _checkpoint_due(self) -> bool:
+        c = self.config
+        if c.checkpoint_every_steps and self.step % c.checkpoint_every_steps == 0:
+            return True
+        return bool(c.checkpoint_every_minutes) and (
+            time.monotonic() - self.last_checkpoint_time >= 60 * c.checkpoint_every_minutes
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train to ``epochs``; resumes first if a matching checkpoint exists."""
+        self.try_resume()
+        metrics = MetricsWriter(self.run_dir, self.step, self.is_main)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.precision == "bf16")
+        progress_bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.is_main,
+            mininterval=1 if sys.stderr.isatty() else 30,
+            desc="pretrain",
+        )
+        self.model.train()
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        logs_sum: dict[str, torch.Tensor] = {}
+        logged_steps = 0
+        window_start = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                for batch in self.data.epoch(epoch, start):
+                    lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    progress = self.step / self.total_steps
+                    views = [pipeline(batch) for pipeline in self.pipelines]
+                    if self.cuda and self.config.channels_last:
+                        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                    with autocast:
+                        loss, logs = self.model(views, progress)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    self.method.after_step(progress)
+                    nonfinite |= ~torch.isfinite(loss.detach())
+                    for key, value in logs.items():
+                        logs_sum[key] = logs_sum.get(key, 0) + value.float()
+                    logged_steps += 1
+                    self.step += 1
+                    progress_bar.update(1)
+                    last_step = self.step == self.total_steps
+                    if self.step % self.config.log_every_steps == 0 or last_step:
+                        self._check_finite(nonfinite)  # the only host sync, once per log window
+                        seconds = time.perf_counter() - window_start
+                        values = {k: (v / logged_steps).item() for k, v in logs_sum.items()}
+                        values.update(
+                            lr=lr,
+                            epoch=epoch,
+                            images_per_s=logged_steps * self.config.batch_size / max(seconds, 1e-9),
+                        )
+                        metrics.write(self.step, values)
+                        progress_bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+                        logs_sum, logged_steps, window_start = {}, 0, time.perf_counter()
+                    if not last_step and self._checkpoint_due():
+                        self._check_finite(nonfinite)
+                        self.save_checkpoint()
+            self._check_finite(nonfinite)
+            self.save_checkpoint()
+        finally:
+            progress_bar.close()
+            metrics.close()
+
+    def _check_finite(self, nonfinite: torch.Tensor) -> None:
+        if bool(nonfinite):
+            raise NonFiniteLossError(
+                f"loss became NaN/inf before step {self.step} of {self.total_steps} in {self.run_dir}; "
+                f"the last good checkpoint ({self.checkpoint_path}) is kept. Lower the learning rate "
+                f"(currently {self.config.lr:g}) or check the data."
+            )
+
+    def train_config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+def fingerprint_of(spec: dict[str, Any]) -> str:
+    """A stable text identity of everything that determines the run's result."""
+    return json.dumps(spec, sort_keys=True, default=str)

@@ -1,0 +1,115 @@
+"""Linear probe on frozen features (rule entry point).
+
+    python -m sslaug.evaluate.linear --encoder E --data D --spec JSON --out metrics.json
+
+Two modes. ``augment: false`` (mini, cifar): features are extracted once and a linear
+classifier is trained on them, standardised (mean/std of the train features) so that
+one learning rate works across backbones. ``augment: true`` (the papers' protocol):
+every epoch passes random-resized-crop + flip batches through the frozen encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+import kornia.augmentation as K
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslaug.augment.views import normalize_uint8
+from sslaug.data.formats import load_array_split, read_meta
+from sslaug.evaluate.common import device_for_eval, extract_features, run_evaluation, topk_accuracy
+from sslaug.models.backbones import load_encoder
+
+
+@dataclass
+class LinearConfig:
+    """Linear-probe settings; defaults are MoCo's protocol (He et al. 2020): SGD lr 30, 100 epochs."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    augment: bool = True
+    standardize: bool = False
+
+
+def _labelled(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = labels >= 0
+    x = torch.from_numpy(np.ascontiguousarray(images[keep])).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(labels[keep]).long()
+
+
+def train_linear(
+    encoder: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    config: LinearConfig,
+    device: torch.device,
+    seed: int,
+) -> dict[str, float]:
+    """Train a linear classifier on the frozen encoder; top-1/top-5 on ``test`` in percent."""
+    torch.manual_seed(seed)
+    train_x, train_y = train
+    test_feats = extract_features(encoder, test[0], device)
+    if config.augment:
+        crop = nn.Sequential(
+            K.RandomResizedCrop(tuple(train_x.shape[-2:]), scale=(0.08, 1.0)), K.RandomHorizontalFlip()
+        ).to(device)
+        train_feats = None
+    else:
+        train_feats = extract_features(encoder, train_x, device)
+    mean = torch.zeros(encoder.feature_dim)
+    std = torch.ones(encoder.feature_dim)
+    if config.standardize and train_feats is not None:
+        mean, std = train_feats.mean(0), train_feats.std(0).clamp_min(1e-6)
+    classifier = nn.Linear(encoder.feature_dim, num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        classifier.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(train_y.shape[0] / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * steps_per_epoch)
+    mean, std = mean.to(device), std.to(device)
+    for _ in range(config.epochs):
+        order = torch.randperm(train_y.shape[0])
+        for start in range(0, order.shape[0], config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if train_feats is None:
+                with torch.no_grad():
+                    views = crop(train_x[idx].to(device).float() / 255) * 255
+                    feats = encoder(normalize_uint8(views)).float()
+            else:
+                feats = train_feats[idx].to(device)
+            loss = F.cross_entropy(classifier((feats - mean) / std), train_y[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    with torch.no_grad():
+        logits = classifier((test_feats.to(device) - mean) / std).cpu()
+    return topk_accuracy(logits, test[1])
+
+
+def evaluate(args: argparse.Namespace, config: LinearConfig) -> dict[str, float]:
+    meta = read_meta(args.data)
+    if meta["format"] != "array":
+        raise NotImplementedError(f"linear probe on {meta['format']!r} datasets lands with the datasets issue")
+    device = device_for_eval()
+    encoder, _ = load_encoder(args.encoder, map_location=device)
+    train = _labelled(*load_array_split(args.data, args.train_split))
+    test = _labelled(*load_array_split(args.data, args.test_split))
+    return train_linear(encoder, train, test, int(meta["num_classes"]), config, device, args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_evaluation("linear", __doc__ or "", LinearConfig, evaluate, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

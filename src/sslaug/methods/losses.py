@@ -1,0 +1,53 @@
+"""SSL losses as pure functions of embeddings (plus thin modules where a method needs one).
+
+Conventions: embeddings are ``[N, D]`` per process; ``gather=True`` uses the negatives
+of every process, as the papers' multi-GPU implementations do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslaug.engine.dist import gather_with_grad, rank
+
+
+def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020, Eq. 1), averaged over both views.
+
+    Each sample's positive is its other view; the negatives are the other 2N-2 views of
+    the global batch. Identical embeddings give ``log(2N - 1)``.
+    """
+    z_a = F.normalize(z_a, dim=1)
+    z_b = F.normalize(z_b, dim=1)
+    n = z_a.shape[0]
+    all_a = gather_with_grad(z_a) if gather else z_a
+    all_b = gather_with_grad(z_b) if gather else z_b
+    offset = rank() * n if gather else 0
+    labels = torch.arange(n, device=z_a.device) + offset
+    self_mask = F.one_hot(labels, all_a.shape[0]).bool()
+
+    def side(z: torch.Tensor, same: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        logits_same = (z @ same.T / temperature).masked_fill(self_mask, float("-inf"))
+        logits = torch.cat([z @ other.T / temperature, logits_same], dim=1)
+        return F.cross_entropy(logits, labels)
+
+    return 0.5 * (side(z_a, all_a, all_b) + side(z_b, all_b, all_a))
+
+
+def cosine_regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised MSE, ``2 - 2 cos(p, z)`` (Grill et al. 2020, Eq. 2); target is detached."""
+    return (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=-1)).mean()
+
+
+class NTXentLoss(nn.Module):
+    """Thin module around :func:`nt_xent_loss`."""
+
+    def __init__(self, temperature: float = 0.5, gather: bool = True) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.gather = gather
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return nt_xent_loss(z_a, z_b, self.temperature, self.gather)

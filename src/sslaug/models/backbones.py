@@ -1,0 +1,117 @@
+"""Backbones: timm ResNets and ViTs, plus a tiny convnet for the mini scale.
+
+Every backbone maps an image batch ``[B, 3, H, W]`` to pooled features
+``[B, feature_dim]`` and exposes ``feature_dim``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+#: Backbone name -> timm model name. ``_cifar`` suffix = CIFAR stem (3x3 conv, no max-pool).
+TIMM_NAMES: dict[str, str] = {
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+    "vit_large": "vit_large_patch16_224",
+}
+
+
+class TinyConvNet(nn.Module):
+    """A 4-layer convnet for the mini scale: trains in seconds on 2 CPU cores."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            )
+
+        self.layer1 = block(3, width, 1)
+        self.layer2 = block(width, 2 * width, 2)
+        self.layer3 = block(2 * width, 4 * width, 2)
+        self.layer4 = block(4 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 4 * width
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of every stage (for detection transfer)."""
+        maps = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x)[-1]).flatten(1)
+
+
+def _cifar_stem(model: nn.Module) -> None:
+    """Replace the ImageNet stem (7x7/2 conv + max-pool) by a 3x3/1 conv, as for 32 px inputs."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def build_backbone(name: str, image_size: int = 224, **kwargs: Any) -> nn.Module:
+    """Build a randomly initialised backbone by project name.
+
+    Args:
+        name: ``tiny``, ``resnet18``, ``resnet50`` (``_cifar`` suffix for the CIFAR stem),
+            ``vit_small``, ``vit_base`` or ``vit_large``.
+        image_size: input resolution; ViTs size their position embedding by it.
+        kwargs: passed to the model constructor (e.g. ``width`` for ``tiny``).
+    """
+    if name == "tiny":
+        return TinyConvNet(**kwargs)
+    cifar = name.endswith("_cifar")
+    base = name.removesuffix("_cifar")
+    if base not in TIMM_NAMES:
+        known = ", ".join(["tiny", *TIMM_NAMES, "resnet18_cifar", "resnet50_cifar"])
+        raise ValueError(f"unknown backbone {name!r}; known: {known}")
+    extra: dict[str, Any] = dict(kwargs)
+    if base.startswith("vit"):
+        extra.setdefault("img_size", image_size)
+        extra.setdefault("dynamic_img_size", True)
+    model = timm.create_model(TIMM_NAMES[base], pretrained=False, num_classes=0, **extra)
+    if cifar:
+        if not base.startswith("resnet"):
+            raise ValueError(f"the CIFAR stem applies to ResNets only, not {name!r}")
+        _cifar_stem(model)
+    model.feature_dim = model.num_features
+    return model
+
+
+def encoder_state(backbone: nn.Module, name: str, image_size: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``encoder.pt``: everything needed to rebuild the trained backbone."""
+    return {
+        "backbone": name,
+        "image_size": image_size,
+        "feature_dim": int(backbone.feature_dim),
+        "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "spec": spec,
+    }
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a backbone from an ``encoder.pt`` written by pretraining.
+
+    Returns the module (eval mode) and the checkpoint's metadata (without weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder checkpoint missing: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    model = build_backbone(state["backbone"], image_size=state["image_size"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in state.items() if k != "state_dict"}
+    return model, meta

@@ -1,0 +1,229 @@
+"""The experiment plan: paper tables -> cells -> pretraining runs and evaluations.
+
+Torch-free, so the workflow can import it to build the DAG quickly. A cell merges
+its table's defaults with its row's and column's overrides; the scale then maps the
+paper's datasets, backbones and epochs to its own. Pretraining runs are identified by
+their content (method, augmentation, options, backbone, dataset, epochs, seed), so a
+run shared by several tables trains once and editing one table renames nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+#: What the engine implements so far; anything else becomes a clearly named placeholder.
+IMPLEMENTED_METHODS = frozenset({"simclr", "byol"})
+IMPLEMENTED_AUGMENTATIONS = frozenset({"standard"})
+IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "training_time"})
+#: Where each missing piece lands (shown in the dry run and in the tables).
+PENDING_ISSUE = {
+    "mocov2": "#3",
+    "mocov3": "#3",
+    "simsiam": "#3",
+    "barlowtwins": "#3",
+    "dino": "#3",
+    "dinov2": "#3",
+    "sassl": "#5",
+    "generative": "#5",
+    "rescue": "#4",
+    "msr": "#4",
+    "clsa": "#4",
+    "voc07_cls": "#6",
+    "cka_opd": "#6",
+}
+#: Options whose values name datasets: mapped by the scale's ``map.<option>`` (else ``map.dataset``).
+DATASET_OPTIONS = ("style_source",)
+#: Option values that look like dataset names but are not (SASSL's in-batch styles).
+NOT_DATASETS = frozenset({"in_batch"})
+#: Protocols whose number comes from pretraining itself, not from an evaluation job.
+PRETRAIN_PROTOCOLS = frozenset({"training_time"})
+
+
+class PlanError(ValueError):
+    """The tables or scale config are inconsistent; the message names the path."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def map_name(mapping: Mapping[str, Any], name: Any) -> Any:
+    """Scale mapping lookup: exact key, else ``"*"``, else unchanged."""
+    for key in (name, str(name)):
+        if key in mapping:
+            return mapping[key]
+    return mapping.get("*", name)
+
+
+def _options_text(options: Mapping[str, Any]) -> str:
+    return "".join(f"_{k}={options[k]}" for k in sorted(options))
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    """One pretraining job (one seed)."""
+
+    method: str
+    augmentation: str
+    options: tuple[tuple[str, Any], ...]
+    backbone: str
+    dataset: str
+    epochs: int
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """Readable and stable: ``simclr/standard/resnet50_imagenet_ep100/seed0``."""
+        aug = self.augmentation + _options_text(dict(self.options))
+        return f"{self.method}/{aug}/{self.backbone}_{self.dataset}_ep{self.epochs}/seed{self.seed}"
+
+    @property
+    def gaps(self) -> list[tuple[str, str]]:
+        """(kind, name) of each piece this run needs that is not implemented yet."""
+        gaps = []
+        if self.method not in IMPLEMENTED_METHODS:
+            gaps.append(("method", self.method))
+        if self.augmentation not in IMPLEMENTED_AUGMENTATIONS:
+            gaps.append(("augmentation", self.augmentation))
+        return gaps
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation protocol on one dataset with its options."""
+
+    protocol: str
+    dataset: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def eval_id(self) -> str:
+        return self.dataset + _options_text(dict(self.options))
+
+    @property
+    def gaps(self) -> list[tuple[str, str]]:
+        return [] if self.protocol in IMPLEMENTED_PROTOCOLS else [("protocol", self.protocol)]
+
+
+@dataclass
+class Cell:
+    """One table cell: the runs of every seed, their evaluation and the metric to report."""
+
+    table: str
+    row: str
+    column: str
+    metric: str
+    runs: list[PretrainRun]
+    evaluation: Evaluation
+
+    @property
+    def gap_id(self) -> str:
+        """Placeholder id of what this cell lacks, e.g. ``method-mocov2+augmentation-sassl`` ('' if nothing)."""
+        return "+".join(f"{kind}-{name}" for kind, name in self.runs[0].gaps + self.evaluation.gaps)
+
+
+def gap_reason(gap_id: str) -> str:
+    """Human text of a placeholder id, naming the issue each missing piece lands with."""
+    parts = []
+    for gap in gap_id.split("+"):
+        kind, _, name = gap.partition("-")
+        parts.append(f"{kind} {name} (issue {PENDING_ISSUE.get(name, '?')})")
+    return "not implemented yet: " + "; ".join(parts)
+
+
+@dataclass
+class Plan:
+    """Everything the DAG needs, for one scale."""
+
+    scale: str
+    cells: dict[str, list[Cell]] = field(default_factory=dict)
+    runs: dict[str, PretrainRun] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def evaluations_of(self, table: str) -> list[Cell]:
+        return self.cells[table]
+
+
+def resolve_cell(table: Mapping[str, Any], row: str, column: str) -> dict[str, Any] | None:
+    """Merge table defaults <- row <- column <- cell overrides; None when the cell is skipped."""
+    where = f"tables.{table.get('_id', '?')}"
+    spec = {k: copy.deepcopy(table[k]) for k in ("pretrain", "evaluation", "metric") if k in table}
+    for part, overrides in (
+        (f"{where}.rows[{row!r}]", table["rows"][row] or {}),
+        (f"{where}.columns[{column!r}]", table["columns"][column] or {}),
+        (f"{where}.cells[{row + ' | ' + column!r}]", (table.get("cells") or {}).get(f"{row} | {column}", {})),
+    ):
+        if not isinstance(overrides, Mapping):
+            raise PlanError(f"{part} must be a mapping of overrides, got {overrides!r}")
+        spec = deep_merge(spec, overrides)
+    if spec.get("skip"):
+        return None
+    for key in ("pretrain", "evaluation", "metric"):
+        if key not in spec:
+            raise PlanError(f"{where} cell {row!r} | {column!r} has no {key!r} (set it in the table or row/column)")
+    return spec
+
+
+def _require(spec: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if key not in spec:
+            raise PlanError(f"{where} lacks {key!r}")
+
+
+def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, Any]) -> Plan:
+    """Resolve every cell of every table at one scale."""
+    plan = Plan(scale=scale_name)
+    mapping = scale.get("map", {})
+    dataset_map = mapping.get("dataset", {})
+    backbone_map = mapping.get("backbone", {})
+    epochs_map = mapping.get("epochs", {})
+    seeds = scale["seeds"]
+    for table_id, table in tables.items():
+        table = dict(table, _id=table_id)
+        plan.tables[table_id] = table
+        cells = []
+        for row in table["rows"]:
+            for column in table["columns"]:
+                spec = resolve_cell(table, row, column)
+                if spec is None:
+                    continue
+                where = f"tables.{table_id} cell {row!r} | {column!r}"
+                pre, ev = spec["pretrain"], spec["evaluation"]
+                _require(pre, ("method", "augmentation", "backbone", "dataset", "epochs"), f"{where} pretrain")
+                _require(ev, ("protocol", "dataset"), f"{where} evaluation")
+                options = dict(pre.get("options") or {})
+                for key in DATASET_OPTIONS:
+                    if key in options and options[key] not in NOT_DATASETS:
+                        options[key] = map_name(mapping.get(key, dataset_map), options[key])
+                epochs = map_name(epochs_map, pre["epochs"])
+                runs = [
+                    PretrainRun(
+                        method=pre["method"],
+                        augmentation=pre["augmentation"],
+                        options=tuple(sorted(options.items())),
+                        backbone=map_name(backbone_map, pre["backbone"]),
+                        dataset=map_name(dataset_map, pre["dataset"]),
+                        epochs=int(epochs),
+                        seed=int(seed),
+                    )
+                    for seed in seeds
+                ]
+                evaluation = Evaluation(
+                    protocol=ev["protocol"],
+                    dataset=map_name(dataset_map, ev["dataset"]),
+                    options=tuple(sorted((ev.get("options") or {}).items())),
+                )
+                cells.append(Cell(table_id, row, column, spec["metric"], runs, evaluation))
+                for run in runs:
+                    plan.runs[run.run_id] = run
+        plan.cells[table_id] = cells
+    return plan

@@ -1,0 +1,1 @@
+"""Paper tables: aggregate reproduced numbers beside the papers' values."""

@@ -1,0 +1,208 @@
+# Helpers shared by every rule file: the validated config, the resolved plan of runs
+# and cells, and the input/params functions the rules call (no logic in the rules).
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(workflow.basedir)
+# Rule jobs (local, conda or SLURM) import the package from this checkout.
+sys.path.insert(0, str(ROOT / "src"))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+)
+
+from sslaug.config import load_workflow_config  # noqa: E402
+from sslaug.plan import PRETRAIN_PROTOCOLS, gap_reason  # noqa: E402
+
+WF = load_workflow_config(config, ROOT, ROOT / "workflow" / "schemas")
+SCALE = WF.scale_name
+SCALE_CFG = WF.scale
+PLAN = WF.plan
+RESULTS = f"results/{SCALE}"
+THREADS = SCALE_CFG.get("threads", 0) or 1
+EVALUATIONS = {
+    (cell.evaluation.protocol, cell.evaluation.eval_id): cell.evaluation
+    for cells in PLAN.cells.values()
+    for cell in cells
+}
+
+
+wildcard_constraints:
+    scale=SCALE,
+    dataset="[A-Za-z0-9_]+",
+    evaluation="[^/]+",
+    table="[a-z0-9_]+",
+    run="[a-z0-9_]+/[^/]+/[^/]+/seed[0-9]+",
+    gap="[a-z0-9_+-]+",
+
+
+# ---------------------------------------------------------------- resources
+def resource(rule_name, key):
+    """A rule's resource from the scale config (`resources.<rule>`, else `default`)."""
+    table = SCALE_CFG["resources"]
+    value = table.get(rule_name, {}).get(key, table["default"].get(key))
+    if value is None:
+        raise ValueError(f"resources.default.{key} missing in the {SCALE} scale config")
+    return value
+
+
+def pretrain_gpus(wildcards):
+    return resource("pretrain", "gpu")
+
+
+def launcher(wildcards):
+    """torchrun with one process per GPU when a job has several, else plain python."""
+    gpus = pretrain_gpus(wildcards)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus}"
+    return "python"
+
+
+# ---------------------------------------------------------------- datasets
+def dataset_dir(name):
+    return f"data/{name}"
+
+
+def dataset_settings(wildcards):
+    if wildcards.dataset not in SCALE_CFG["datasets"]:
+        raise ValueError(f"dataset {wildcards.dataset!r} is not declared in the {SCALE} scale config")
+    return SCALE_CFG["datasets"][wildcards.dataset]
+
+
+def prepare_arguments(wildcards):
+    """`--source`, `--root` and `--option` flags of the preparation for one dataset."""
+    settings = dataset_settings(wildcards)
+    args = ["--source", settings["source"]]
+    if "root" in settings:
+        args += ["--root", settings["root"]]
+    for key, value in sorted(settings.get("options", {}).items()):
+        args += ["--option", f"{key}={value}"]
+    return " ".join(args)
+
+
+# ---------------------------------------------------------------- pretraining
+def run_of(wildcards):
+    if wildcards.run not in PLAN.runs:
+        raise ValueError(f"run {wildcards.run!r} is not part of any table at scale {SCALE}")
+    return PLAN.runs[wildcards.run]
+
+
+def pretrain_data(wildcards):
+    return dataset_dir(run_of(wildcards).dataset)
+
+
+def pretrain_spec(wildcards):
+    """The resolved run specification handed to sslaug.engine.pretrain (JSON)."""
+    run = run_of(wildcards)
+    method = SCALE_CFG["methods"][run.method]
+    spec = {
+        "run": run.run_id,
+        "scale": SCALE,
+        "method": run.method,
+        "augmentation": run.augmentation,
+        "options": dict(run.options),
+        "backbone": run.backbone,
+        "dataset": run.dataset,
+        "epochs": run.epochs,
+        "seed": run.seed,
+        "image_size": SCALE_CFG["image_size"],
+        "train": method["train"],
+        "hparams": method["hparams"],
+        "views": method.get("views", {}),
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def pretrain_run_dir(wildcards):
+    return f"{RESULTS}/pretrain/{wildcards.run}"
+
+
+# ---------------------------------------------------------------- evaluations
+def evaluation_of(protocol, wildcards):
+    key = (protocol, wildcards.evaluation)
+    if key not in EVALUATIONS:
+        raise ValueError(f"evaluation {protocol}/{wildcards.evaluation} is not part of any table at scale {SCALE}")
+    return EVALUATIONS[key]
+
+
+def encoder_of(wildcards):
+    return f"{RESULTS}/pretrain/{wildcards.run}/encoder.pt"
+
+
+def eval_data(protocol):
+    """Input function: the prepared dataset of this rule's evaluation."""
+
+    def data(wildcards):
+        return dataset_dir(evaluation_of(protocol, wildcards).dataset)
+
+    data.__name__ = f"{protocol}_data"
+    return data
+
+
+def eval_spec(protocol):
+    """Params function: the scale's protocol settings with the cell's options (JSON)."""
+
+    def spec(wildcards):
+        evaluation = evaluation_of(protocol, wildcards)
+        settings = dict(SCALE_CFG["evaluations"].get(protocol, {}))
+        settings.update(dict(evaluation.options))
+        return json.dumps(settings, sort_keys=True)
+
+    spec.__name__ = f"{protocol}_spec"
+    return spec
+
+
+def run_seed(wildcards):
+    return run_of(wildcards).seed
+
+
+# ---------------------------------------------------------------- placeholders
+def placeholder_reason(wildcards):
+    return gap_reason(wildcards.gap)
+
+
+# ---------------------------------------------------------------- tables
+def cell_file(cell, run):
+    """Where a cell's number for one seed comes from."""
+    evaluation = cell.evaluation
+    if cell.gap_id:  # one placeholder per missing piece, shared by every cell that lacks it
+        return f"{RESULTS}/placeholder/{cell.gap_id}.json"
+    if evaluation.protocol in PRETRAIN_PROTOCOLS:
+        return f"benchmarks/{SCALE}/pretrain/{run.run_id}.tsv"
+    return f"{RESULTS}/eval/{evaluation.protocol}/{evaluation.eval_id}/{run.run_id}/metrics.json"
+
+
+def table_inputs(wildcards):
+    return sorted({cell_file(cell, run) for cell in PLAN.cells[wildcards.table] for run in cell.runs})
+
+
+def table_plan(wildcards):
+    """The table's cells for sslaug.tables.aggregate (JSON)."""
+    table = PLAN.tables[wildcards.table]
+    cells = [
+        {
+            "row": cell.row,
+            "column": cell.column,
+            "metric": cell.metric,
+            "protocol": cell.evaluation.protocol,
+            "files": [cell_file(cell, run) for run in cell.runs],
+            "runs": [run.run_id for run in cell.runs],
+        }
+        for cell in PLAN.cells[wildcards.table]
+    ]
+    plan = {
+        "table": wildcards.table,
+        "scale": SCALE,
+        "paper": table["paper"],
+        "source": table["source"],
+        "caption": table["caption"],
+        "rows": list(table["rows"]),
+        "columns": list(table["columns"]),
+        "cells": cells,
+    }
+    return json.dumps(plan, sort_keys=True)
+
+
+def all_table_files():
+    return [f"{RESULTS}/tables/{table}.md" for table in PLAN.tables] + [f"{RESULTS}/tables/README.md"]

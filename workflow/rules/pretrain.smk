@@ -1,0 +1,29 @@
+# Stage 3: self-supervised pretraining, one job per run (method x augmentation x
+# backbone x dataset x epochs x seed). Rerunning a killed job resumes from
+# checkpoint.pt in the run directory, which is deliberately not a declared output so
+# that Snakemake never deletes it.
+
+
+rule pretrain:
+    input:
+        data=pretrain_data,
+    output:
+        encoder=f"{RESULTS}/pretrain/{{run}}/encoder.pt",
+    params:
+        spec=pretrain_spec,
+        run_dir=pretrain_run_dir,
+        launcher=launcher,
+    log:
+        f"logs/{SCALE}/pretrain/{{run}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/pretrain/{{run}}.tsv"
+    threads: THREADS
+    resources:
+        runtime=resource("pretrain", "runtime"),
+        mem_mb=resource("pretrain", "mem_mb"),
+        gpu=pretrain_gpus,
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "{params.launcher} -m sslaug.engine.pretrain --spec {params.spec:q} --data {input.data} "
+        "--run-dir {params.run_dir} --out {output.encoder} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,47 @@
+# Stage 5: aggregate each paper table (reproduced mean +- std over seeds beside the
+# paper's value and the difference) as CSV + Markdown, and an index of all tables.
+
+
+rule aggregate_table:
+    input:
+        cells=table_inputs,
+        paper_values=WF.paper_values,
+    output:
+        csv=f"{RESULTS}/tables/{{table}}.csv",
+        markdown=f"{RESULTS}/tables/{{table}}.md",
+    params:
+        plan=table_plan,
+    log:
+        f"logs/{SCALE}/tables/{{table}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/tables/{{table}}.tsv"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=500,
+    conda:
+        "../../envs/tables.yaml"
+    shell:
+        "python -m sslaug.tables.aggregate --plan {params.plan:q} --paper-values {input.paper_values} "
+        "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
+rule tables_index:
+    input:
+        expand(f"{RESULTS}/tables/{{table}}.md", table=list(PLAN.tables)),
+    output:
+        f"{RESULTS}/tables/README.md",
+    params:
+        scale=SCALE,
+    log:
+        f"logs/{SCALE}/tables/index.log",
+    benchmark:
+        f"benchmarks/{SCALE}/tables/index.tsv"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=500,
+    conda:
+        "../../envs/tables.yaml"
+    shell:
+        "python -m sslaug.tables.index --scale {params.scale} --out {output} {input} > {log} 2>&1"
