@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
-from sslaug.plan import IMPLEMENTED_METHODS, Plan, PlanError, build_plan
+from sslaug.plan import Plan, PlanError, build_plan
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,9 @@ def load_workflow_config(config: Mapping[str, Any], root: Path, schemas: Path) -
     scale_path = root / config["scales"][scale_name]
     scale = load_yaml(scale_path)
     validate(scale, schemas / "scale.schema.yaml", str(config["scales"][scale_name]))
+    for name, root in (config.get("dataset_roots") or {}).items():
+        if name in scale["datasets"]:
+            scale["datasets"][name]["root"] = root
     tables_path = root / config["tables"]
     tables = load_yaml(tables_path)
     validate(tables, schemas / "tables.schema.yaml", str(config["tables"]))
@@ -89,8 +92,12 @@ def _cross_check(plan: Plan, scale: Mapping[str, Any], source: str) -> None:
         if dataset not in scale["datasets"]:
             raise ConfigError(f"{source}: datasets: {dataset!r} is used by a table but not declared")
     for run in plan.runs.values():
-        if run.method in IMPLEMENTED_METHODS and run.method not in scale["methods"]:
+        if run.gaps:
+            continue
+        if run.method not in scale["methods"]:
             raise ConfigError(f"{source}: methods: no settings for {run.method!r} (used by {run.run_id})")
+        if "image_size" not in scale["datasets"][run.dataset]:
+            raise ConfigError(f"{source}: datasets.{run.dataset}: image_size missing (pretraining uses it)")
 
 
 def _check_paper_values(path: Path, tables: Mapping[str, Any]) -> None:

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 #: What the engine implements so far; anything else becomes a clearly named placeholder.
-IMPLEMENTED_METHODS = frozenset({"simclr", "byol"})
+IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins"})
 IMPLEMENTED_AUGMENTATIONS = frozenset({"standard"})
 IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "training_time"})
+#: Options each implemented augmentation understands so far; others are gaps.
+IMPLEMENTED_OPTIONS = {"standard": frozenset({"recipe"})}
 #: Where each missing piece lands (shown in the dry run and in the tables).
 PENDING_ISSUE = {
     "mocov2": "#3",
@@ -32,6 +34,7 @@ PENDING_ISSUE = {
     "clsa": "#4",
     "voc07_cls": "#6",
     "cka_opd": "#6",
+    "fix_pred_lr": "#3",
 }
 #: Options whose values name datasets: mapped by the scale's ``map.<option>`` (else ``map.dataset``).
 DATASET_OPTIONS = ("style_source",)
@@ -94,6 +97,9 @@ class PretrainRun:
             gaps.append(("method", self.method))
         if self.augmentation not in IMPLEMENTED_AUGMENTATIONS:
             gaps.append(("augmentation", self.augmentation))
+        else:
+            known = IMPLEMENTED_OPTIONS.get(self.augmentation, frozenset())
+            gaps += [("option", key) for key, _ in self.options if key not in known]
         return gaps
 
 
@@ -205,13 +211,17 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     if key in options and options[key] not in NOT_DATASETS:
                         options[key] = map_name(mapping.get(key, dataset_map), options[key])
                 epochs = map_name(epochs_map, pre["epochs"])
+                dataset = map_name(dataset_map, pre["dataset"])
+                backbone = map_name(backbone_map, pre["backbone"])
+                if scale.get("datasets", {}).get(dataset, {}).get("cifar_stem") and backbone.startswith("resnet"):
+                    backbone += "_cifar"  # 32-64 px inputs: 3x3 stem, no max-pool
                 runs = [
                     PretrainRun(
                         method=pre["method"],
                         augmentation=pre["augmentation"],
                         options=tuple(sorted(options.items())),
-                        backbone=map_name(backbone_map, pre["backbone"]),
-                        dataset=map_name(dataset_map, pre["dataset"]),
+                        backbone=backbone,
+                        dataset=dataset,
                         epochs=int(epochs),
                         seed=int(seed),
                     )
@@ -227,3 +237,38 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     plan.runs[run.run_id] = run
         plan.cells[table_id] = cells
     return plan
+
+
+def _matches(when: Mapping[str, Any], run: PretrainRun) -> bool:
+    return all(getattr(run, key) == value for key, value in when.items())
+
+
+def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved specification of one run, as the pretraining entry point reads it.
+
+    Method settings are the scale's ``methods.<method>`` with every matching
+    ``overrides`` entry (``when``: run fields such as dataset or backbone) applied in order.
+    """
+    method = scale["methods"][run.method]
+    settings = {key: dict(method.get(key, {})) for key in ("train", "hparams", "views")}
+    for override in method.get("overrides", []):
+        if _matches(override["when"], run):
+            settings = {key: {**settings[key], **override.get(key, {})} for key in settings}
+    return {
+        "run": run.run_id,
+        "scale": scale_name,
+        "method": run.method,
+        "augmentation": run.augmentation,
+        "options": dict(run.options),
+        "backbone": run.backbone,
+        "dataset": run.dataset,
+        "epochs": run.epochs,
+        "seed": run.seed,
+        "image_size": scale["datasets"][run.dataset]["image_size"],
+        **settings,
+    }
+
+
+def eval_spec(evaluation: Evaluation, scale: Mapping[str, Any]) -> dict[str, Any]:
+    """The scale's protocol settings with the cell's evaluation options on top."""
+    return {**scale["evaluations"].get(evaluation.protocol, {}), **dict(evaluation.options)}

@@ -13,7 +13,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from sslaug.config import load_workflow_config  # noqa: E402
-from sslaug.plan import PRETRAIN_PROTOCOLS, gap_reason  # noqa: E402
+from sslaug.plan import PRETRAIN_PROTOCOLS, eval_spec, gap_reason, run_spec  # noqa: E402
 
 WF = load_workflow_config(config, ROOT, ROOT / "workflow" / "schemas")
 SCALE = WF.scale_name
@@ -94,24 +94,7 @@ def pretrain_data(wildcards):
 
 def pretrain_spec(wildcards):
     """The resolved run specification handed to sslaug.engine.pretrain (JSON)."""
-    run = run_of(wildcards)
-    method = SCALE_CFG["methods"][run.method]
-    spec = {
-        "run": run.run_id,
-        "scale": SCALE,
-        "method": run.method,
-        "augmentation": run.augmentation,
-        "options": dict(run.options),
-        "backbone": run.backbone,
-        "dataset": run.dataset,
-        "epochs": run.epochs,
-        "seed": run.seed,
-        "image_size": SCALE_CFG["image_size"],
-        "train": method["train"],
-        "hparams": method["hparams"],
-        "views": method.get("views", {}),
-    }
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(run_spec(run_of(wildcards), SCALE, SCALE_CFG), sort_keys=True)
 
 
 def pretrain_run_dir(wildcards):
@@ -140,17 +123,14 @@ def eval_data(protocol):
     return data
 
 
-def eval_spec(protocol):
+def eval_settings(protocol):
     """Params function: the scale's protocol settings with the cell's options (JSON)."""
 
-    def spec(wildcards):
-        evaluation = evaluation_of(protocol, wildcards)
-        settings = dict(SCALE_CFG["evaluations"].get(protocol, {}))
-        settings.update(dict(evaluation.options))
-        return json.dumps(settings, sort_keys=True)
+    def settings(wildcards):
+        return json.dumps(eval_spec(evaluation_of(protocol, wildcards), SCALE_CFG), sort_keys=True)
 
-    spec.__name__ = f"{protocol}_spec"
-    return spec
+    settings.__name__ = f"{protocol}_settings"
+    return settings
 
 
 def run_seed(wildcards):

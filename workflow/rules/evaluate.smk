@@ -11,7 +11,7 @@ rule linear_probe:
     output:
         f"{RESULTS}/eval/linear/{{evaluation}}/{{run}}/metrics.json",
     params:
-        spec=eval_spec("linear"),
+        spec=eval_settings("linear"),
         seed=run_seed,
     log:
         f"logs/{SCALE}/eval/linear/{{evaluation}}/{{run}}.log",
@@ -36,7 +36,7 @@ rule knn:
     output:
         f"{RESULTS}/eval/knn/{{evaluation}}/{{run}}/metrics.json",
     params:
-        spec=eval_spec("knn"),
+        spec=eval_settings("knn"),
         seed=run_seed,
     log:
         f"logs/{SCALE}/eval/knn/{{evaluation}}/{{run}}.log",
@@ -61,7 +61,7 @@ rule finetune:
     output:
         f"{RESULTS}/eval/finetune/{{evaluation}}/{{run}}/metrics.json",
     params:
-        spec=eval_spec("finetune"),
+        spec=eval_settings("finetune"),
         seed=run_seed,
     log:
         f"logs/{SCALE}/eval/finetune/{{evaluation}}/{{run}}.log",
@@ -86,7 +86,7 @@ rule detection_transfer:
     output:
         f"{RESULTS}/eval/detection/{{evaluation}}/{{run}}/metrics.json",
     params:
-        spec=eval_spec("detection"),
+        spec=eval_settings("detection"),
         seed=run_seed,
     log:
         f"logs/{SCALE}/eval/detection/{{evaluation}}/{{run}}.log",

@@ -60,15 +60,36 @@ STANDARD_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
 }
 
 
-def recipe_for(method: str, overrides: dict[str, Any] | None = None) -> tuple[ViewRecipe, ViewRecipe]:
-    """The two view recipes of ``method``, with scale-level overrides (e.g. ``blur_p: 0`` at 32 px)."""
-    if method not in STANDARD_RECIPES:
+# MSR's baselines (IMPLEMENTATION_NOTES, MSR): "weak" = crop + flip; "aggressive" = the
+# weak crop followed by MoCo v2's colour pipeline (jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale
+# 0.2, blur p 0.5, no solarization). AA = aggressive on both views, AW = one of each.
+_WEAK = ViewRecipe(crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+_AGGRESSIVE = _MOCO_V2
+NAMED_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
+    "aggressive": (_AGGRESSIVE, _AGGRESSIVE),
+    "aggressive_weak": (_AGGRESSIVE, _WEAK),
+    "weak": (_WEAK, _WEAK),
+}
+
+
+def recipe_for(
+    method: str, overrides: dict[str, Any] | None = None, recipe: str | None = None
+) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two view recipes of ``method`` (or the named ``recipe``), with scale-level
+    overrides (e.g. ``blur_p: 0`` at 32 px)."""
+    if recipe is not None:
+        if recipe not in NAMED_RECIPES:
+            raise KeyError(f"unknown view recipe {recipe!r}; known: {sorted(NAMED_RECIPES)}")
+        base = NAMED_RECIPES[recipe]
+    elif method in STANDARD_RECIPES:
+        base = STANDARD_RECIPES[method]
+    else:
         raise KeyError(f"no standard view recipe for method {method!r}; known: {sorted(STANDARD_RECIPES)}")
     overrides = dict(overrides or {})
     for key in ("crop_scale", "jitter"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
-    return tuple(replace(r, **overrides) for r in STANDARD_RECIPES[method])  # type: ignore[return-value]
+    return tuple(replace(r, **overrides) for r in base)  # type: ignore[return-value]
 
 
 class ViewPipeline(nn.Module):

@@ -52,7 +52,7 @@ class BatchSource:
         self.num_workers = num_workers
         if meta["format"] == "array":
             images, _ = load_array_split(data_dir, split)
-            self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+            self.images = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous().to(device)
             self.dataset = None
             self.num_items = self.images.shape[0]
         else:

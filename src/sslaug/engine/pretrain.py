@@ -25,14 +25,12 @@ from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, fingerprint_of, seed_everything
 from sslaug.io import atomic_torch_save, atomic_write_json
+from sslaug.data.formats import DataError
 from sslaug.methods import build_method
 from sslaug.models.backbones import build_backbone, encoder_state
+from sslaug.plan import IMPLEMENTED_AUGMENTATIONS, IMPLEMENTED_OPTIONS
 
 log = logging.getLogger("sslaug.pretrain")
-
-#: Augmentation variants the engine can run so far; the others land with their issues.
-AUGMENTATIONS = ("standard",)
-
 
 def train_config_from(spec: dict[str, Any]) -> TrainConfig:
     """Build the TrainConfig, naming any unknown key."""
@@ -46,10 +44,14 @@ def train_config_from(spec: dict[str, Any]) -> TrainConfig:
 
 def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> None:
     """Train ``spec`` to the end (resuming if possible) and write ``out`` (rank 0)."""
-    if spec["augmentation"] not in AUGMENTATIONS:
+    augmentation = spec["augmentation"]
+    if augmentation not in IMPLEMENTED_AUGMENTATIONS:
         raise NotImplementedError(
-            f"augmentation {spec['augmentation']!r} is not implemented yet (implemented: {AUGMENTATIONS})"
+            f"augmentation {augmentation!r} is not implemented yet (implemented: {sorted(IMPLEMENTED_AUGMENTATIONS)})"
         )
+    unknown = sorted(set(spec["options"]) - IMPLEMENTED_OPTIONS.get(augmentation, frozenset()))
+    if unknown:
+        raise NotImplementedError(f"option(s) {unknown} of augmentation {augmentation!r} not implemented yet")
     device = dist.init_from_env()
     seed = int(spec["seed"])
     seed_everything(seed + dist.rank())
@@ -57,7 +59,8 @@ def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> 
     image_size = int(spec["image_size"])
     backbone = build_backbone(spec["backbone"], image_size=image_size)
     method = build_method(spec["method"], backbone, spec["hparams"])
-    pipelines = [ViewPipeline(r, image_size) for r in recipe_for(spec["method"], spec.get("views"))]
+    recipes = recipe_for(spec["method"], spec.get("views"), recipe=spec["options"].get("recipe"))
+    pipelines = [ViewPipeline(r, image_size) for r in recipes]
     data = BatchSource(
         data_dir,
         "train",
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = json.loads(args.spec)
         pretrain(spec, args.data, args.run_dir, args.out)
-    except (NonFiniteLossError, NotImplementedError, ValueError, KeyError, FileNotFoundError) as err:
+    except (NonFiniteLossError, NotImplementedError, ValueError, KeyError, FileNotFoundError, DataError) as err:
         log.error("%s: %s", type(err).__name__, err)
         return 1
     return 0

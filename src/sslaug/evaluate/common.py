@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sslaug.augment.views import normalize_uint8
+from sslaug.data.formats import DataError
 from sslaug.io import atomic_write_json
 
 log = logging.getLogger("sslaug.evaluate")
@@ -61,7 +62,7 @@ def run_evaluation(
     try:
         config = config_from_spec(config_cls, json.loads(args.spec), f"protocol {protocol}")
         metrics = evaluate(args, config)
-    except (ValueError, KeyError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, KeyError, FileNotFoundError, NotImplementedError, DataError) as err:
         log.error("%s: %s", type(err).__name__, err)
         return 1
     result = {

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 import time
 from collections import OrderedDict
@@ -65,11 +64,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from sslaug.data.formats import open_coco, read_meta
 from sslaug.evaluate.finetune import (
-    USER_ERRORS,
     apply_overrides,
     autocast,
-    build_parser,
     check_encoder_path,
+    cli_main,
     infinite_batches,
     pick_device,
     seed_everything,
@@ -661,22 +659,13 @@ def run_detection(encoder: str | Path, data: str | Path, train_split: str, test_
             "num_classes": num_classes, "num_train": len(train_set), "num_test": len(test_set),
             "num_detections": len(results["bbox"]), "device": str(device), "final_train_loss": last_loss,
             "encoder": str(encoder_path), "backbone": meta["backbone"], "seed": seed}
-    return write_result(out, "detection", metrics, config, time.time() - start, notes, info)
+    return write_result(out, "detection", metrics, config, time.time() - start, notes, info, encoder_path, data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; input errors exit with status 2 and a one-line message."""
-    parser = build_parser("Detection transfer of a pretrained encoder (R-CNN + FPN, COCOeval).")
-    parser.set_defaults(test_split="val")
-    args = parser.parse_args(argv)
-    try:
-        result = run_detection(args.encoder, args.data, args.train_split, args.test_split,
-                               args.spec, args.seed, args.out)
-    except USER_ERRORS as e:
-        print(f"detection: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result["metrics"]))
-    return 0
+    """``python -m sslaug.evaluate.detection``; input errors exit with status 1 and a one-line message."""
+    return cli_main("detection", "Detection transfer of a pretrained encoder (R-CNN + FPN, COCOeval).",
+                    run_detection, argv, test_split="val")
 
 
 if __name__ == "__main__":

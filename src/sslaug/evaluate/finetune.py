@@ -26,7 +26,6 @@ Entry point::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -48,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslaug.augment.views import ViewPipeline, ViewRecipe, normalize_uint8
 from sslaug.data.formats import DataError, open_classification, read_meta
+from sslaug.evaluate.common import eval_argument_parser
 from sslaug.io import atomic_write_json
 from sslaug.models.backbones import load_encoder
 
@@ -219,13 +219,20 @@ def check_encoder_path(path: str | Path) -> Path:
 
 
 def write_result(out: str | Path, protocol: str, metrics: dict[str, float], config: Any,
-                 seconds: float, notes: Sequence[str] = (), info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the protocol's ``metrics.json`` atomically and return its content."""
+                 seconds: float, notes: Sequence[str] = (), info: dict[str, Any] | None = None,
+                 encoder: str | Path = "", data: str | Path = "") -> dict[str, Any]:
+    """Write the protocol's ``metrics.json`` atomically and return its content.
+
+    Same keys as :func:`sslaug.evaluate.common.run_evaluation` writes, plus ``notes``
+    (caveats about the numbers) and ``info`` (run facts: steps, sizes, device).
+    """
     result = {
         "status": "ok",
         "protocol": protocol,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "config": dataclasses.asdict(config),
+        "encoder": str(encoder),
+        "data": str(data),
         "seconds": float(seconds),
         "notes": list(notes),
         "info": info or {},
@@ -430,40 +437,38 @@ def run_finetune(encoder: str | Path, data: str | Path, train_split: str, test_s
             "test_crop_ratio": ratio,
             "device": str(device), "final_train_loss": last_loss, "encoder": str(encoder_path),
             "backbone": meta["backbone"], "seed": seed}
-    return write_result(out, "finetune", metrics, config, time.time() - start, notes, info)
+    return write_result(out, "finetune", metrics, config, time.time() - start, notes, info, encoder_path, data)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-#: Errors caused by the inputs (bad spec, missing files, unsupported set-ups): one line, exit 2.
+#: Errors caused by the inputs (bad spec, missing files, unsupported set-ups): one line, exit 1
+#: (the convention of :func:`sslaug.evaluate.common.run_evaluation`).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotImplementedError, DataError)
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The CLI shared by the transfer protocols."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--encoder", required=True, help="encoder.pt written by pretraining")
-    p.add_argument("--data", required=True, help="prepared dataset directory")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--spec", default="{}", help="JSON object of config overrides")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="metrics.json to write (atomically)")
-    return p
+def cli_main(protocol: str, description: str, run: Callable[..., dict[str, Any]],
+             argv: Sequence[str] | None, test_split: str) -> int:
+    """Shared CLI of the transfer protocols: the project's evaluation arguments (incl. --threads)."""
+    parser = eval_argument_parser(description)
+    parser.set_defaults(test_split=test_split)
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = run(args.encoder, args.data, args.train_split, args.test_split, args.spec, args.seed, args.out)
+    except USER_ERRORS as e:
+        print(f"{protocol}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result["metrics"]))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; user errors exit with status 2 and a one-line message."""
-    args = build_parser("Fine-tune a pretrained encoder (SASSL Table 2 protocol).").parse_args(argv)
-    try:
-        result = run_finetune(args.encoder, args.data, args.train_split, args.test_split,
-                              args.spec, args.seed, args.out)
-    except USER_ERRORS as e:
-        print(f"finetune: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result["metrics"]))
-    return 0
+    """``python -m sslaug.evaluate.finetune``; input errors exit with status 1 and a one-line message."""
+    return cli_main("finetune", "Fine-tune a pretrained encoder (SASSL Table 2 protocol).",
+                    run_finetune, argv, test_split="test")
 
 
 if __name__ == "__main__":

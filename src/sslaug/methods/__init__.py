@@ -6,11 +6,15 @@ from typing import Any
 
 from torch import nn
 
+from sslaug.methods.barlowtwins import BarlowTwins
 from sslaug.methods.base import SSLMethod
 from sslaug.methods.byol import BYOL
+from sslaug.methods.mocov2 import MoCoV2
+from sslaug.methods.mocov3 import MoCoV3
 from sslaug.methods.simclr import SimCLR
+from sslaug.methods.simsiam import SimSiam
 
-METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, BYOL)}
+METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, BYOL, MoCoV2, MoCoV3, SimSiam, BarlowTwins)}
 
 
 def build_method(name: str, backbone: nn.Module, hparams: dict[str, Any]) -> SSLMethod:

@@ -51,3 +51,39 @@ class NTXentLoss(nn.Module):
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         return nt_xent_loss(z_a, z_b, self.temperature, self.gather)
+
+
+def info_nce_with_queue(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020, Eq. 1): positive = the key, negatives = the queue.
+
+    ``query`` and ``key`` are ``[N, D]``, ``queue`` is ``[K, D]``; all are L2-normalised here.
+    """
+    query = F.normalize(query, dim=1)
+    key = F.normalize(key.detach(), dim=1)
+    positives = (query * key).sum(dim=1, keepdim=True)
+    negatives = query @ F.normalize(queue, dim=1).T
+    logits = torch.cat([positives, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(query.shape[0], dtype=torch.long, device=query.device))
+
+
+def info_nce_in_batch(query: torch.Tensor, key: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
+    """MoCo v3's InfoNCE (Chen et al. 2021, Alg. 1): the other keys of the global batch are the
+    negatives; scaled by 2T as in the paper's pseudocode."""
+    query = F.normalize(query, dim=1)
+    key = F.normalize(key.detach(), dim=1)
+    all_keys = gather_with_grad(key) if gather else key
+    offset = rank() * query.shape[0] if gather else 0
+    logits = query @ all_keys.T / temperature
+    labels = torch.arange(query.shape[0], device=query.device) + offset
+    return 2 * temperature * F.cross_entropy(logits, labels)
+
+
+def barlow_twins_loss(z_a: torch.Tensor, z_b: torch.Tensor, lambda_offdiag: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021, Eq. 1) on the batch cross-correlation matrix."""
+    n = z_a.shape[0]
+    z_a = (z_a - z_a.mean(0)) / z_a.std(0, unbiased=False).clamp_min(1e-6)
+    z_b = (z_b - z_b.mean(0)) / z_b.std(0, unbiased=False).clamp_min(1e-6)
+    c = z_a.T @ z_b / n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diag + lambda_offdiag * off_diag
