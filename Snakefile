@@ -9,6 +9,20 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    scale=SCALE,
+    dataset="[A-Za-z0-9_]+",
+    evaluation="[^/]+",
+    table="[a-z0-9_]+",
+    run="[a-z0-9_]+/[^/]+/[^/]+/seed[0-9]+",
+    gap="[a-z0-9_+-]+",
+    shard="[0-9]+",
+    generator="[a-z0-9_]+",
+    style_set="[A-Za-z0-9_]+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/precompute.smk"
 include: "workflow/rules/pretrain.smk"

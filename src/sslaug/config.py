@@ -96,6 +96,12 @@ def _cross_check(plan: Plan, scale: Mapping[str, Any], source: str) -> None:
             continue
         if run.method not in scale["methods"]:
             raise ConfigError(f"{source}: methods: no settings for {run.method!r} (used by {run.run_id})")
+        if run.augmentation == "sassl" and "stylizer" not in scale:
+            raise ConfigError(f"{source}: stylizer: missing (SASSL run {run.run_id})")
+        if run.generator and run.generator not in scale.get("generative", {}).get("models", {}):
+            raise ConfigError(f"{source}: generative.models: no model for {run.generator!r} (run {run.run_id})")
+        if run.style_source and run.style_source not in scale["datasets"]:
+            raise ConfigError(f"{source}: datasets: style set {run.style_source!r} is not declared")
         if "image_size" not in scale["datasets"][run.dataset]:
             raise ConfigError(f"{source}: datasets.{run.dataset}: image_size missing (pretraining uses it)")
 

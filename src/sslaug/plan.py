@@ -15,10 +15,16 @@ from typing import Any, Mapping
 
 #: What the engine implements so far; anything else becomes a clearly named placeholder.
 IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins"})
-IMPLEMENTED_AUGMENTATIONS = frozenset({"standard"})
+IMPLEMENTED_AUGMENTATIONS = frozenset({"standard", "sassl", "generative"})
 IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "training_time"})
 #: Options each implemented augmentation understands so far; others are gaps.
-IMPLEMENTED_OPTIONS = {"standard": frozenset({"recipe"})}
+IMPLEMENTED_OPTIONS = {
+    "standard": frozenset({"recipe"}),
+    "sassl": frozenset({"style_source", "p", "alpha_min", "alpha_max", "beta_min", "beta_max"}),
+    "generative": frozenset({"generator", "p", "views", "strategy"}),
+}
+#: Option values whose implementation lands later (ICGAN needs its own environment).
+PENDING_OPTION_VALUES = {("generator", "icgan"): "#5"}
 #: Where each missing piece lands (shown in the dry run and in the tables).
 PENDING_ISSUE = {
     "mocov2": "#3",
@@ -35,6 +41,7 @@ PENDING_ISSUE = {
     "voc07_cls": "#6",
     "cka_opd": "#6",
     "fix_pred_lr": "#3",
+    "icgan": "#5",
 }
 #: Options whose values name datasets: mapped by the scale's ``map.<option>`` (else ``map.dataset``).
 DATASET_OPTIONS = ("style_source",)
@@ -100,7 +107,18 @@ class PretrainRun:
         else:
             known = IMPLEMENTED_OPTIONS.get(self.augmentation, frozenset())
             gaps += [("option", key) for key, _ in self.options if key not in known]
+            gaps += [(key, value) for key, value in self.options if (key, value) in PENDING_OPTION_VALUES]
         return gaps
+
+    @property
+    def style_source(self) -> str | None:
+        """SASSL's external style set (None for in-batch styles or other augmentations)."""
+        source = dict(self.options).get("style_source", "in_batch") if self.augmentation == "sassl" else None
+        return None if source in (None, "in_batch") else source
+
+    @property
+    def generator(self) -> str | None:
+        return dict(self.options).get("generator", "unclip") if self.augmentation == "generative" else None
 
 
 @dataclass(frozen=True)
@@ -266,6 +284,7 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
         "seed": run.seed,
         "image_size": scale["datasets"][run.dataset]["image_size"],
         **settings,
+        **({"stylizer": scale["stylizer"]} if run.augmentation == "sassl" else {}),
     }
 
 

@@ -1,19 +1,21 @@
-# Helpers shared by every rule file: the validated config, the resolved plan of runs
+# Helpers shared by all stages; the validated config, the resolved plan of runs
 # and cells, and the input/params functions the rules call (no logic in the rules).
 import json
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(workflow.basedir)
-# Rule jobs (local, conda or SLURM) import the package from this checkout.
+# The workflow and all its jobs (local, conda env or SLURM) import sslaug from this checkout.
 sys.path.insert(0, str(ROOT / "src"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
-)
+shell.prefix(f"export PYTHONPATH={ROOT / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 from sslaug.config import load_workflow_config  # noqa: E402
-from sslaug.plan import PRETRAIN_PROTOCOLS, eval_spec, gap_reason, run_spec  # noqa: E402
+from sslaug.plan import (
+    PRETRAIN_PROTOCOLS,
+    eval_spec,
+    gap_reason,
+    run_spec,
+)  # noqa: E402
 
 WF = load_workflow_config(config, ROOT, ROOT / "workflow" / "schemas")
 SCALE = WF.scale_name
@@ -26,15 +28,6 @@ EVALUATIONS = {
     for cells in PLAN.cells.values()
     for cell in cells
 }
-
-
-wildcard_constraints:
-    scale=SCALE,
-    dataset="[A-Za-z0-9_]+",
-    evaluation="[^/]+",
-    table="[a-z0-9_]+",
-    run="[a-z0-9_]+/[^/]+/[^/]+/seed[0-9]+",
-    gap="[a-z0-9_+-]+",
 
 
 # ---------------------------------------------------------------- resources
@@ -66,7 +59,9 @@ def dataset_dir(name):
 
 def dataset_settings(wildcards):
     if wildcards.dataset not in SCALE_CFG["datasets"]:
-        raise ValueError(f"dataset {wildcards.dataset!r} is not declared in the {SCALE} scale config")
+        raise ValueError(
+            f"dataset {wildcards.dataset!r} is not declared in the {SCALE} scale config"
+        )
     return SCALE_CFG["datasets"][wildcards.dataset]
 
 
@@ -84,12 +79,39 @@ def prepare_arguments(wildcards):
 # ---------------------------------------------------------------- pretraining
 def run_of(wildcards):
     if wildcards.run not in PLAN.runs:
-        raise ValueError(f"run {wildcards.run!r} is not part of any table at scale {SCALE}")
+        raise ValueError(
+            f"run {wildcards.run!r} is not part of any table at scale {SCALE}"
+        )
     return PLAN.runs[wildcards.run]
 
 
-def pretrain_data(wildcards):
-    return dataset_dir(run_of(wildcards).dataset)
+def generative_views_dir(run):
+    return f"{RESULTS}/generative_views/{run.generator}/{run.dataset}"
+
+
+def pretrain_inputs(wildcards):
+    """The prepared dataset, plus style features (SASSL, external styles) or generative views."""
+    run = run_of(wildcards)
+    inputs = {"data": dataset_dir(run.dataset)}
+    if run.style_source:
+        inputs["style_features"] = f"{RESULTS}/style_features/{run.style_source}.pt"
+    if run.generator:
+        shards = SCALE_CFG["generative"]["num_shards"]
+        inputs["generative_views"] = [
+            f"{generative_views_dir(run)}/shard{shard}/manifest.json"
+            for shard in range(shards)
+        ]
+    return inputs
+
+
+def pretrain_extra_arguments(wildcards):
+    run = run_of(wildcards)
+    args = []
+    if run.style_source:
+        args += ["--style-features", f"{RESULTS}/style_features/{run.style_source}.pt"]
+    if run.generator:
+        args += ["--generative-views", generative_views_dir(run)]
+    return " ".join(args)
 
 
 def pretrain_spec(wildcards):
@@ -101,11 +123,56 @@ def pretrain_run_dir(wildcards):
     return f"{RESULTS}/pretrain/{wildcards.run}"
 
 
+# ---------------------------------------------------------------- precompute
+def stylizer_setting(key):
+    """Params function: one setting of the scale's SASSL stylizer."""
+
+    def setting(wildcards):
+        return SCALE_CFG["stylizer"].get(key, 64 if key == "batch_size" else None)
+
+    setting.__name__ = f"stylizer_{key}"
+    return setting
+
+
+def stylizer_config(wildcards):
+    return json.dumps(SCALE_CFG["stylizer"].get("config", {}), sort_keys=True)
+
+
+def generative_setting(key):
+    """Params function: one generative-views setting of the scale."""
+
+    def setting(wildcards):
+        return SCALE_CFG["generative"].get(key, 8 if key == "batch_size" else None)
+
+    setting.__name__ = f"generative_{key}"
+    return setting
+
+
+def generator_model(wildcards):
+    models = SCALE_CFG["generative"]["models"]
+    if wildcards.generator not in models:
+        raise ValueError(
+            f"generative.models has no model for {wildcards.generator!r} at scale {SCALE}"
+        )
+    return models[wildcards.generator]
+
+
+def generated_image_size(wildcards):
+    """Generated views have the dataset's training size, so they can replace its images."""
+    return SCALE_CFG["datasets"][wildcards.dataset]["image_size"]
+
+
+def shard_dir(wildcards):
+    return f"{RESULTS}/generative_views/{wildcards.generator}/{wildcards.dataset}/shard{wildcards.shard}"
+
+
 # ---------------------------------------------------------------- evaluations
 def evaluation_of(protocol, wildcards):
     key = (protocol, wildcards.evaluation)
     if key not in EVALUATIONS:
-        raise ValueError(f"evaluation {protocol}/{wildcards.evaluation} is not part of any table at scale {SCALE}")
+        raise ValueError(
+            f"evaluation {protocol}/{wildcards.evaluation} is not part of any table at scale {SCALE}"
+        )
     return EVALUATIONS[key]
 
 
@@ -127,7 +194,9 @@ def eval_settings(protocol):
     """Params function: the scale's protocol settings with the cell's options (JSON)."""
 
     def settings(wildcards):
-        return json.dumps(eval_spec(evaluation_of(protocol, wildcards), SCALE_CFG), sort_keys=True)
+        return json.dumps(
+            eval_spec(evaluation_of(protocol, wildcards), SCALE_CFG), sort_keys=True
+        )
 
     settings.__name__ = f"{protocol}_settings"
     return settings
@@ -146,7 +215,9 @@ def placeholder_reason(wildcards):
 def cell_file(cell, run):
     """Where a cell's number for one seed comes from."""
     evaluation = cell.evaluation
-    if cell.gap_id:  # one placeholder per missing piece, shared by every cell that lacks it
+    if (
+        cell.gap_id
+    ):  # one placeholder per missing piece, shared by every cell that lacks it
         return f"{RESULTS}/placeholder/{cell.gap_id}.json"
     if evaluation.protocol in PRETRAIN_PROTOCOLS:
         return f"benchmarks/{SCALE}/pretrain/{run.run_id}.tsv"
@@ -154,7 +225,13 @@ def cell_file(cell, run):
 
 
 def table_inputs(wildcards):
-    return sorted({cell_file(cell, run) for cell in PLAN.cells[wildcards.table] for run in cell.runs})
+    return sorted(
+        {
+            cell_file(cell, run)
+            for cell in PLAN.cells[wildcards.table]
+            for run in cell.runs
+        }
+    )
 
 
 def table_plan(wildcards):
@@ -185,4 +262,6 @@ def table_plan(wildcards):
 
 
 def all_table_files():
-    return [f"{RESULTS}/tables/{table}.md" for table in PLAN.tables] + [f"{RESULTS}/tables/README.md"]
+    return [f"{RESULTS}/tables/{table}.md" for table in PLAN.tables] + [
+        f"{RESULTS}/tables/README.md"
+    ]

@@ -5,18 +5,18 @@
 rule prepare_dataset:
     output:
         directory("data/{dataset}"),
-    params:
-        arguments=prepare_arguments,
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
         "benchmarks/prepare_dataset/{dataset}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         runtime=resource("prepare_dataset", "runtime"),
         mem_mb=resource("prepare_dataset", "mem_mb"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        arguments=prepare_arguments,
     shell:
         "python -m sslaug.data.prepare --dataset {wildcards.dataset} {params.arguments} "
         "--out {output} > {log} 2>&1"

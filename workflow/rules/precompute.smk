@@ -1,1 +1,60 @@
+# Stage 2: precompute what augmentations need before pretraining: SASSL's style
+# embeddings of an external style set, and generative views (unCLIP) of a dataset,
+# sharded so a cluster runs shards in parallel and a failed shard reruns alone.
 
+
+rule precompute_style_features:
+    input:
+        styles="data/{style_set}",
+    output:
+        f"{RESULTS}/style_features/{{style_set}}.pt",
+    log:
+        f"logs/{SCALE}/style_features/{{style_set}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/style_features/{{style_set}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: THREADS
+    resources:
+        runtime=resource("precompute_style_features", "runtime"),
+        mem_mb=resource("precompute_style_features", "mem_mb"),
+        gpu=resource("precompute_style_features", "gpu"),
+    params:
+        weights=stylizer_setting("weights"),
+        config=stylizer_config,
+        batch_size=stylizer_setting("batch_size"),
+    shell:
+        "python -m sslaug.augment.style_features --styles {input.styles} --stylizer {params.weights} "
+        "--config {params.config:q} --batch-size {params.batch_size} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule precompute_generative_views:
+    input:
+        data="data/{dataset}",
+    output:
+        views=f"{RESULTS}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}/views.npy",
+        manifest=f"{RESULTS}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}/manifest.json",
+    log:
+        f"logs/{SCALE}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}.tsv"
+    conda:
+        "../../envs/diffusers.yaml"
+    threads: THREADS
+    resources:
+        runtime=resource("precompute_generative_views", "runtime"),
+        mem_mb=resource("precompute_generative_views", "mem_mb"),
+        gpu=resource("precompute_generative_views", "gpu"),
+    params:
+        model=generator_model,
+        views=generative_setting("views"),
+        num_shards=generative_setting("num_shards"),
+        batch_size=generative_setting("batch_size"),
+        image_size=generated_image_size,
+        shard_dir=shard_dir,
+    shell:
+        "python -m sslaug.augment.generative_views --data {input.data} --split train "
+        "--generator {wildcards.generator} --model {params.model} --views {params.views} "
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --batch-size {params.batch_size} "
+        "--image-size {params.image_size} --threads {threads} --out {params.shard_dir} > {log} 2>&1"

@@ -6,24 +6,25 @@
 
 rule pretrain:
     input:
-        data=pretrain_data,
+        unpack(pretrain_inputs),
     output:
         encoder=f"{RESULTS}/pretrain/{{run}}/encoder.pt",
-    params:
-        spec=pretrain_spec,
-        run_dir=pretrain_run_dir,
-        launcher=launcher,
     log:
         f"logs/{SCALE}/pretrain/{{run}}.log",
     benchmark:
         f"benchmarks/{SCALE}/pretrain/{{run}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: THREADS
     resources:
         runtime=resource("pretrain", "runtime"),
         mem_mb=resource("pretrain", "mem_mb"),
         gpu=pretrain_gpus,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        spec=pretrain_spec,
+        run_dir=pretrain_run_dir,
+        launcher=launcher,
+        extra=pretrain_extra_arguments,
     shell:
         "{params.launcher} -m sslaug.engine.pretrain --spec {params.spec:q} --data {input.data} "
-        "--run-dir {params.run_dir} --out {output.encoder} --threads {threads} > {log} 2>&1"
+        "--run-dir {params.run_dir} {params.extra} --out {output.encoder} --threads {threads} > {log} 2>&1"

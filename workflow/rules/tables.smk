@@ -9,18 +9,18 @@ rule aggregate_table:
     output:
         csv=f"{RESULTS}/tables/{{table}}.csv",
         markdown=f"{RESULTS}/tables/{{table}}.md",
-    params:
-        plan=table_plan,
     log:
         f"logs/{SCALE}/tables/{{table}}.log",
     benchmark:
         f"benchmarks/{SCALE}/tables/{{table}}.tsv"
+    conda:
+        "../../envs/tables.yaml"
     threads: 1
     resources:
         runtime=5,
         mem_mb=500,
-    conda:
-        "../../envs/tables.yaml"
+    params:
+        plan=table_plan,
     shell:
         "python -m sslaug.tables.aggregate --plan {params.plan:q} --paper-values {input.paper_values} "
         "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
@@ -31,17 +31,17 @@ rule tables_index:
         expand(f"{RESULTS}/tables/{{table}}.md", table=list(PLAN.tables)),
     output:
         f"{RESULTS}/tables/README.md",
-    params:
-        scale=SCALE,
     log:
         f"logs/{SCALE}/tables/index.log",
     benchmark:
         f"benchmarks/{SCALE}/tables/index.tsv"
+    conda:
+        "../../envs/tables.yaml"
     threads: 1
     resources:
         runtime=5,
         mem_mb=500,
-    conda:
-        "../../envs/tables.yaml"
+    params:
+        scale=SCALE,
     shell:
         "python -m sslaug.tables.index --scale {params.scale} --out {output} {input} > {log} 2>&1"

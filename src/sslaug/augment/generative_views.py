@@ -72,7 +72,7 @@ _TINY_DIM = 32
 _TINY_PROMPT_LEN = 77
 
 
-class ShardError(RuntimeError):
+class ShardError(DataError):
     """A generated shard is missing or corrupt; the message names the offending file."""
 
 

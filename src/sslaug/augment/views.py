@@ -93,17 +93,19 @@ def recipe_for(
 
 
 class ViewPipeline(nn.Module):
-    """uint8 batch ``[B, 3, H, W]`` -> one normalised float view ``[B, 3, size, size]``."""
+    """uint8 batch ``[B, 3, H, W]`` -> one normalised float view ``[B, 3, size, size]``.
+
+    Two stages, so that an augmentation can act between them (SASSL stylizes the
+    random crop before the remaining colour augmentations, SASSL Sec. 4 / Fig. 1).
+    """
 
     def __init__(self, recipe: ViewRecipe, size: int, normalize: bool = True) -> None:
         super().__init__()
         b, c, s, h = recipe.jitter
         # Kernel ~10% of the side, odd, as SimCLR; at least 3.
         kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop((size, size), scale=recipe.crop_scale),
-            K.RandomHorizontalFlip(p=recipe.flip_p),
-        ]
+        self.crop = K.RandomResizedCrop((size, size), scale=recipe.crop_scale)
+        ops: list[nn.Module] = [K.RandomHorizontalFlip(p=recipe.flip_p)]
         if recipe.jitter_p > 0:
             ops.append(K.ColorJitter(b, c, s, h, p=recipe.jitter_p))
         if recipe.grayscale_p > 0:
@@ -115,11 +117,14 @@ class ViewPipeline(nn.Module):
             ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=recipe.solarize_p))
         if normalize:
             ops.append(K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)))
-        self.ops = nn.Sequential(*ops)
+        self.rest = nn.Sequential(*ops)
 
     @torch.no_grad()
-    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return self.ops(images_uint8.float().div_(255))
+    def forward(self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None) -> torch.Tensor:
+        crops = self.crop(images_uint8.float().div_(255))
+        if after_crop is not None:
+            crops = after_crop(crops)
+        return self.rest(crops)
 
 
 def normalize_uint8(images_uint8: torch.Tensor) -> torch.Tensor:

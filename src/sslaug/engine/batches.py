@@ -74,12 +74,12 @@ class BatchSource:
         order = order[: self.steps_per_epoch * self.global_batch].view(self.steps_per_epoch, self.global_batch)
         return order[start_step:, self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Batches of ``epoch`` from ``start_step`` on (for mid-epoch resume)."""
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, dataset indices)`` of ``epoch`` from ``start_step`` on (for mid-epoch resume)."""
         indices = self._local_indices(epoch, start_step)
         if self.images is not None:
             for step_indices in indices:
-                yield self.images[step_indices.to(self.device)]
+                yield self.images[step_indices.to(self.device)], step_indices
             return
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -88,5 +88,5 @@ class BatchSource:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for images, _ in loader:
-            yield images.to(self.device, non_blocking=True)
+        for step_indices, (images, _) in zip(indices, loader):
+            yield images.to(self.device, non_blocking=True), step_indices

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sslaug.augment.view_maker import ViewMaker
 from sslaug.augment.views import ViewPipeline, recipe_for
 from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
@@ -42,7 +43,44 @@ def train_config_from(spec: dict[str, Any]) -> TrainConfig:
     return TrainConfig(epochs=int(spec["epochs"]), **train)
 
 
-def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> None:
+def build_view_maker(
+    spec: dict[str, Any],
+    num_items: int,
+    style_features: Path | None,
+    generative_views: Path | None,
+    device: torch.device,
+) -> ViewMaker:
+    """The method's view pipelines plus the run's augmentation variant."""
+    options = dict(spec["options"])
+    recipe = options.pop("recipe", None) if spec["augmentation"] == "standard" else None
+    size = int(spec["image_size"])
+    pipelines = [ViewPipeline(r, size) for r in recipe_for(spec["method"], spec.get("views"), recipe=recipe)]
+    # Imported only when used: the stylizer pulls in torchvision (~2 s per job at mini).
+    if spec["augmentation"] == "sassl":
+        from sslaug.augment.sassl import build_style_augment
+
+        stylizer = spec.get("stylizer", {})
+        style = build_style_augment(options, stylizer.get("weights"), stylizer.get("config"), style_features, device)
+        return ViewMaker(pipelines, style=style)
+    if spec["augmentation"] == "generative":
+        from sslaug.augment.generative import GenerativeAugment, GenerativeConfig, GeneratedViewBank
+
+        if generative_views is None:
+            raise ValueError(f"run {spec['run']} needs --generative-views")
+        bank = GeneratedViewBank(generative_views, num_items)
+        augment = GenerativeAugment(bank, GenerativeConfig.from_options(options), size, int(spec["seed"]))
+        return ViewMaker(pipelines, generative=augment)
+    return ViewMaker(pipelines)
+
+
+def pretrain(
+    spec: dict[str, Any],
+    data_dir: Path,
+    run_dir: Path,
+    out: Path,
+    style_features: Path | None = None,
+    generative_views: Path | None = None,
+) -> None:
     """Train ``spec`` to the end (resuming if possible) and write ``out`` (rank 0)."""
     augmentation = spec["augmentation"]
     if augmentation not in IMPLEMENTED_AUGMENTATIONS:
@@ -59,8 +97,6 @@ def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> 
     image_size = int(spec["image_size"])
     backbone = build_backbone(spec["backbone"], image_size=image_size)
     method = build_method(spec["method"], backbone, spec["hparams"])
-    recipes = recipe_for(spec["method"], spec.get("views"), recipe=spec["options"].get("recipe"))
-    pipelines = [ViewPipeline(r, image_size) for r in recipes]
     data = BatchSource(
         data_dir,
         "train",
@@ -72,7 +108,8 @@ def pretrain(spec: dict[str, Any], data_dir: Path, run_dir: Path, out: Path) -> 
         image_size=image_size,
         num_workers=config.num_workers,
     )
-    trainer = Trainer(method, pipelines, data, config, run_dir, device, seed, fingerprint_of(spec))
+    view_maker = build_view_maker(spec, data.num_items, style_features, generative_views, device)
+    trainer = Trainer(method, view_maker, data, config, run_dir, device, seed, fingerprint_of(spec))
     trainer.fit()
     if dist.rank() == 0:
         atomic_write_json(run_dir / "spec.json", spec)
@@ -85,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
     parser.add_argument("--run-dir", required=True, type=Path, help="checkpoints, metrics, TensorBoard")
     parser.add_argument("--out", required=True, type=Path, help="encoder.pt to write")
+    parser.add_argument("--style-features", type=Path, help="SASSL: precomputed external style embeddings")
+    parser.add_argument("--generative-views", type=Path, help="generative views: directory of the shards")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -92,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         spec = json.loads(args.spec)
-        pretrain(spec, args.data, args.run_dir, args.out)
+        pretrain(spec, args.data, args.run_dir, args.out, args.style_features, args.generative_views)
     except (NonFiniteLossError, NotImplementedError, ValueError, KeyError, FileNotFoundError, DataError) as err:
         log.error("%s: %s", type(err).__name__, err)
         return 1

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 from tqdm import tqdm
 
-from sslaug.augment.views import ViewPipeline
+from sslaug.augment.view_maker import ViewMaker
 from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.io import atomic_torch_save
@@ -79,6 +78,25 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def build_optimizer(
+    param_groups: list[dict[str, Any]], name: str, lr: float, momentum: float, fused: bool
+) -> torch.optim.Optimizer:
+    """SGD and AdamW from torch (fused kernels on CUDA), LARS from timm.
+
+    timm's LARS skips the trust ratio for groups with weight decay 0, i.e. biases and
+    norm parameters, as SimCLR and BYOL do.
+    """
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, fused=fused or None)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, fused=fused or None)
+    if name == "lars":
+        from timm.optim import Lars  # lazily: importing timm costs ~2 s
+
+        return Lars(param_groups, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}; use sgd, adamw or lars")
+
+
 def _param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -87,7 +105,6 @@ def _param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool
         (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
-        # timm's LARS skips adaptation for groups flagged trust_coeff-free via weight_decay 0.
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
@@ -151,7 +168,7 @@ class Trainer:
     def __init__(
         self,
         method: SSLMethod,
-        pipelines: list[ViewPipeline],
+        view_maker: ViewMaker,
         data: BatchSource,
         config: TrainConfig,
         run_dir: str | Path,
@@ -171,7 +188,7 @@ class Trainer:
         self.method = method.to(device)
         if self.cuda and config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        self.pipelines = [p.to(device) for p in pipelines]
+        self.view_maker = view_maker.to(device)
         self.model: nn.Module = self.method
         if dist.is_distributed():
             if self.cuda:  # SyncBN: BN statistics over the global batch (CUDA only in PyTorch)
@@ -181,12 +198,12 @@ class Trainer:
             )
         if config.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = create_optimizer_v2(
+        self.optimizer = build_optimizer(
             _param_groups(self.method, config.weight_decay, config.exclude_bias_norm),
-            opt=config.optimizer,
+            config.optimizer,
             lr=config.lr,
-            weight_decay=config.weight_decay,
             momentum=config.momentum,
+            fused=self.cuda,
         )
         self.steps_per_epoch = data.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -262,12 +279,12 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
-                for batch in self.data.epoch(epoch, start):
+                for batch, indices in self.data.epoch(epoch, start):
                     lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     progress = self.step / self.total_steps
-                    views = [pipeline(batch) for pipeline in self.pipelines]
+                    views = self.view_maker(batch, indices, epoch)
                     if self.cuda and self.config.channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                     with autocast:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -77,6 +76,8 @@ def build_backbone(name: str, image_size: int = 224, **kwargs: Any) -> nn.Module
     if base not in TIMM_NAMES:
         known = ", ".join(["tiny", *TIMM_NAMES, "resnet18_cifar", "resnet50_cifar"])
         raise ValueError(f"unknown backbone {name!r}; known: {known}")
+    import timm  # lazily: importing timm costs ~2 s, too much for every mini job
+
     extra: dict[str, Any] = dict(kwargs)
     if base.startswith("vit"):
         extra.setdefault("img_size", image_size)
