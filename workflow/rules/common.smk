@@ -142,7 +142,8 @@ def generative_setting(key):
     """Params function: one generative-views setting of the scale."""
 
     def setting(wildcards):
-        return SCALE_CFG["generative"].get(key, 8 if key == "batch_size" else None)
+        defaults = {"batch_size": 8, "steps": 10}
+        return SCALE_CFG["generative"].get(key, defaults.get(key))
 
     setting.__name__ = f"generative_{key}"
     return setting

@@ -51,10 +51,11 @@ rule precompute_generative_views:
         views=generative_setting("views"),
         num_shards=generative_setting("num_shards"),
         batch_size=generative_setting("batch_size"),
+        steps=generative_setting("steps"),
         image_size=generated_image_size,
         shard_dir=shard_dir,
     shell:
         "python -m sslaug.augment.generative_views --data {input.data} --split train "
         "--generator {wildcards.generator} --model {params.model} --views {params.views} "
-        "--shard {wildcards.shard} --num-shards {params.num_shards} --batch-size {params.batch_size} "
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --batch-size {params.batch_size} --steps {params.steps} "
         "--image-size {params.image_size} --threads {threads} --out {params.shard_dir} > {log} 2>&1"
