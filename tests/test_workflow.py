@@ -49,21 +49,21 @@ STAGES = [
 
 @pytest.mark.parametrize("scale", ["mini", "cifar", "paper"])
 def test_dry_run_lists_every_stage(scale: str, tmp_path: Path) -> None:
-    result = snakemake("-n", "--quiet", "rules", "all_tables", "--config", f"scale={scale}", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
+    result = snakemake("all_tables", "-n", "--forceall", "--quiet", "rules", "--config", f"scale={scale}")
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in STAGES:
         assert f"\n{stage} " in result.stdout, f"{stage} missing from the {scale} DAG"
 
 
 def test_dry_run_names_placeholders() -> None:
-    result = snakemake("-n", "all_tables", "--config", "scale=paper", "--directory", "/tmp/sslaug-dry", "--snakefile", str(ROOT / "Snakefile"))
+    result = snakemake("-n", "all_tables", "--config", "scale=paper")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PLACEHOLDER method-dinov2" in result.stdout
     assert "no number reaches any table" in result.stdout
 
 
 def test_rulegraph_renders(tmp_path: Path) -> None:
-    result = snakemake("--rulegraph", "all_tables")
+    result = snakemake("--rulegraph", "--forceall", "all_tables")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pretrain" in result.stdout and "precompute_generative_views" in result.stdout
     if shutil.which("dot") is None:
@@ -78,7 +78,7 @@ def test_config_typo_fails_before_any_job(tmp_path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["seeds"] = ["zero"]
     path.write_text(yaml.safe_dump(data))
-    result = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "config" / "config.yaml"))
+    result = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path))
     assert result.returncode != 0
     assert "config/scales/mini.yaml: seeds[0]: 'zero' is not of type 'integer'" in result.stdout + result.stderr
 

@@ -17,7 +17,8 @@ from sslaug.plan import (
     run_spec,
 )  # noqa: E402
 
-WF = load_workflow_config(config, ROOT, ROOT / "workflow" / "schemas")
+# Config files are relative to the working directory, as Snakemake resolves configfile.
+WF = load_workflow_config(config, Path.cwd(), ROOT / "workflow" / "schemas")
 SCALE = WF.scale_name
 SCALE_CFG = WF.scale
 PLAN = WF.plan
