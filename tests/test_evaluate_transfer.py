@@ -135,27 +135,18 @@ def coco_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-KEYPOINT_NAMES = ["nose", "left_eye", "right_eye"]
-
-
 @pytest.fixture(scope="module")
 def coco_kp_dir(coco_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same images plus person_keypoints_{split}.json (3 keypoints per 'person')."""
+    """The same images plus person_keypoints_{split}.json, as the mini COCO generator writes them."""
     import shutil
+
+    from sslaug.data.mini import mini_person_keypoints
 
     directory = tmp_path_factory.mktemp("coco_kp") / "mini_coco"
     shutil.copytree(coco_dir, directory)
     for split in ("train", "val"):
         coco = json.loads((directory / "annotations" / f"instances_{split}.json").read_text())
-        anns = []
-        for a in coco["annotations"]:
-            x, y, w, h = a["bbox"]
-            kps = [x + w / 2, y + h / 4, 2, x + w / 4, y + h / 2, 2, x + 3 * w / 4, y + h / 2, 1]
-            anns.append({**a, "category_id": 1, "keypoints": kps, "num_keypoints": 3})
-        coco["annotations"] = anns
-        coco["categories"] = [{"id": 1, "name": "person", "supercategory": "person",
-                               "keypoints": KEYPOINT_NAMES, "skeleton": [[1, 2], [1, 3]]}]
-        (directory / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(coco))
+        (directory / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(mini_person_keypoints(coco)))
     return directory
 
 

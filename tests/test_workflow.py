@@ -88,7 +88,6 @@ def small_workflow(tmp_path: Path) -> Path:
     for name in ("Snakefile", "workflow", "config", "envs", "src"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    tables = yaml.safe_load((ROOT / "config" / "tables.yaml").read_text())
     table = {
         "paper": "003_f8ecd9afc2df6903.txt",
         "source": "Table 2",

@@ -15,13 +15,16 @@ from typing import Any, Mapping
 
 #: What the engine implements so far; anything else becomes a clearly named placeholder.
 IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins"})
-IMPLEMENTED_AUGMENTATIONS = frozenset({"standard", "sassl", "generative"})
+IMPLEMENTED_AUGMENTATIONS = frozenset({"standard", "sassl", "generative", "clsa", "rescue", "msr"})
 IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "training_time"})
 #: Options each implemented augmentation understands so far; others are gaps.
 IMPLEMENTED_OPTIONS = {
-    "standard": frozenset({"recipe"}),
+    "standard": frozenset({"recipe", "fix_pred_lr"}),
     "sassl": frozenset({"style_source", "p", "alpha_min", "alpha_max", "beta_min", "beta_max"}),
     "generative": frozenset({"generator", "p", "views", "strategy"}),
+    "clsa": frozenset({"crops", "query", "key", "loss"}),
+    "rescue": frozenset({"k", "s"}),
+    "msr": frozenset({"beta_base", "beta_schedule", "fix_pred_lr"}),
 }
 #: Option values whose implementation lands later (ICGAN needs its own environment).
 PENDING_OPTION_VALUES = {("generator", "icgan"): "#5"}
@@ -115,6 +118,11 @@ class PretrainRun:
         """SASSL's external style set (None for in-batch styles or other augmentations)."""
         source = dict(self.options).get("style_source", "in_batch") if self.augmentation == "sassl" else None
         return None if source in (None, "in_batch") else source
+
+    @property
+    def recipe(self) -> str | None:
+        """The named view recipe of a standard run (MSR's aggressive / aggressive_weak baselines)."""
+        return dict(self.options).get("recipe") if self.augmentation == "standard" else None
 
     @property
     def generator(self) -> str | None:
@@ -285,6 +293,8 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
         "image_size": scale["datasets"][run.dataset]["image_size"],
         **settings,
         **({"stylizer": scale["stylizer"]} if run.augmentation == "sassl" else {}),
+        # CLSA / Rescue: the scale's strong-augmentation settings (config/scales/*.yaml: strong).
+        **({"strong": scale["strong"][run.augmentation]} if run.augmentation in scale.get("strong", {}) else {}),
     }
 
 

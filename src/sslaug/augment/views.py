@@ -70,18 +70,26 @@ NAMED_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
     "aggressive_weak": (_AGGRESSIVE, _WEAK),
     "weak": (_WEAK, _WEAK),
 }
+#: MSR's multi-stage views (augmentation ``msr``): t1 = this recipe's crop + flip (the weak
+#: view), t2 = its colour operations applied to the weak view (the aggressive view).
+MSR_RECIPE = _AGGRESSIVE
 
 
 def recipe_for(
     method: str, overrides: dict[str, Any] | None = None, recipe: str | None = None
 ) -> tuple[ViewRecipe, ViewRecipe]:
-    """The two view recipes of ``method`` (or the named ``recipe``), with scale-level
-    overrides (e.g. ``blur_p: 0`` at 32 px)."""
+    """The two view recipes of ``method`` with its scale-level overrides (e.g. ``blur_p: 0``
+    at 32 px), or the named ``recipe`` as its paper defines it.
+
+    The overrides tune a method's own published recipe, so they do not apply to a named
+    recipe: MSR's aggressive views blur at every image size (its code blurs CIFAR too), and
+    an override such as ``blur_p`` would also reach the weak view of ``aggressive_weak``.
+    """
     if recipe is not None:
         if recipe not in NAMED_RECIPES:
             raise KeyError(f"unknown view recipe {recipe!r}; known: {sorted(NAMED_RECIPES)}")
-        base = NAMED_RECIPES[recipe]
-    elif method in STANDARD_RECIPES:
+        return NAMED_RECIPES[recipe]
+    if method in STANDARD_RECIPES:
         base = STANDARD_RECIPES[method]
     else:
         raise KeyError(f"no standard view recipe for method {method!r}; known: {sorted(STANDARD_RECIPES)}")
@@ -90,6 +98,24 @@ def recipe_for(
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     return tuple(replace(r, **overrides) for r in base)  # type: ignore[return-value]
+
+
+def colour_ops(recipe: ViewRecipe, size: int) -> list[nn.Module]:
+    """The recipe's operations after crop and flip: jitter, grayscale, blur, solarize (in this order)."""
+    b, c, s, h = recipe.jitter
+    # Kernel ~10% of the side, odd, as SimCLR; at least 3.
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+    ops: list[nn.Module] = []
+    if recipe.jitter_p > 0:
+        ops.append(K.ColorJitter(b, c, s, h, p=recipe.jitter_p))
+    if recipe.grayscale_p > 0:
+        ops.append(K.RandomGrayscale(p=recipe.grayscale_p))
+    if recipe.blur_p > 0:
+        ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=recipe.blur_p))
+    if recipe.solarize_p > 0:
+        # thresholds=0 / additions=0: kornia's threshold is 0.5 +- thresholds, so a fixed 0.5.
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=recipe.solarize_p))
+    return ops
 
 
 class ViewPipeline(nn.Module):
@@ -101,20 +127,8 @@ class ViewPipeline(nn.Module):
 
     def __init__(self, recipe: ViewRecipe, size: int, normalize: bool = True) -> None:
         super().__init__()
-        b, c, s, h = recipe.jitter
-        # Kernel ~10% of the side, odd, as SimCLR; at least 3.
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
         self.crop = K.RandomResizedCrop((size, size), scale=recipe.crop_scale)
-        ops: list[nn.Module] = [K.RandomHorizontalFlip(p=recipe.flip_p)]
-        if recipe.jitter_p > 0:
-            ops.append(K.ColorJitter(b, c, s, h, p=recipe.jitter_p))
-        if recipe.grayscale_p > 0:
-            ops.append(K.RandomGrayscale(p=recipe.grayscale_p))
-        if recipe.blur_p > 0:
-            ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=recipe.blur_p))
-        if recipe.solarize_p > 0:
-            # thresholds=0 / additions=0: kornia's threshold is 0.5 +- thresholds, so a fixed 0.5.
-            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=recipe.solarize_p))
+        ops: list[nn.Module] = [K.RandomHorizontalFlip(p=recipe.flip_p), *colour_ops(recipe, size)]
         if normalize:
             ops.append(K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)))
         self.rest = nn.Sequential(*ops)
@@ -125,6 +139,30 @@ class ViewPipeline(nn.Module):
         if after_crop is not None:
             crops = after_crop(crops)
         return self.rest(crops)
+
+
+class MultiStagePipeline(nn.Module):
+    """MSR's multi-stage augmentation (MSR Eq. 3): uint8 batch -> ``[weak, aggressive]`` views.
+
+    ``t1`` = RandomResizedCrop + flip gives the weak view; ``t2`` = the recipe's colour
+    operations (jitter, grayscale, blur) act on that same weak crop, so the aggressive view
+    is ``t2(t1(x))`` and both come from one crop at the cost of about one pipeline.
+    """
+
+    def __init__(self, recipe: ViewRecipe, size: int) -> None:
+        super().__init__()
+        self.crop = K.RandomResizedCrop((size, size), scale=recipe.crop_scale)
+        self.flip = K.RandomHorizontalFlip(p=recipe.flip_p)
+        self.second = nn.Sequential(*colour_ops(recipe, size))
+        self.normalize = K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD))
+
+    @torch.no_grad()
+    def forward(self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None) -> list[torch.Tensor]:
+        if after_crop is not None:
+            raise ValueError("multi-stage views take no after-crop augmentation")
+        weak = self.flip(self.crop(images_uint8.float().div_(255)))
+        aggressive = self.second(weak.clone())  # kornia may reuse the input for untouched samples
+        return [self.normalize(weak), self.normalize(aggressive)]
 
 
 def normalize_uint8(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sslaug.augment.view_maker import ViewMaker
-from sslaug.augment.views import ViewPipeline, recipe_for
+from sslaug.augment.views import MSR_RECIPE, MultiStagePipeline, ViewPipeline, recipe_for
 from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, fingerprint_of, seed_everything
@@ -34,12 +34,15 @@ from sslaug.plan import IMPLEMENTED_AUGMENTATIONS, IMPLEMENTED_OPTIONS
 log = logging.getLogger("sslaug.pretrain")
 
 def train_config_from(spec: dict[str, Any]) -> TrainConfig:
-    """Build the TrainConfig, naming any unknown key."""
+    """Build the TrainConfig, naming any unknown key; the table option ``fix_pred_lr`` sets
+    SimSiam's constant predictor learning rate."""
     known = {f.name for f in fields(TrainConfig)}
     train = dict(spec["train"])
     unknown = sorted(set(train) - known)
     if unknown:
         raise ValueError(f"unknown train setting(s) {unknown} in run {spec.get('run')}; known: {sorted(known)}")
+    if "fix_pred_lr" in spec.get("options", {}):
+        train["fix_pred_lr"] = bool(spec["options"]["fix_pred_lr"])
     return TrainConfig(epochs=int(spec["epochs"]), **train)
 
 
@@ -62,6 +65,13 @@ def build_view_maker(
         stylizer = spec.get("stylizer", {})
         style = build_style_augment(options, stylizer.get("weights"), stylizer.get("config"), style_features, device)
         return ViewMaker(pipelines, style=style)
+    if spec["augmentation"] == "msr":  # two multi-stage pipelines: [weak1, aggressive1, weak2, aggressive2]
+        return ViewMaker([MultiStagePipeline(MSR_RECIPE, size) for _ in range(2)])
+    if spec["augmentation"] in ("clsa", "rescue"):
+        from sslaug.augment.strong import strong_pipelines
+
+        weak = recipe_for(spec["method"], spec.get("views"))
+        return ViewMaker(strong_pipelines(spec["augmentation"], weak, size, options, spec.get("strong", {})))
     if spec["augmentation"] == "generative":
         from sslaug.augment.generative import GenerativeAugment, GenerativeConfig, GeneratedViewBank
 
@@ -96,7 +106,9 @@ def pretrain(
     config = train_config_from(spec)
     image_size = int(spec["image_size"])
     backbone = build_backbone(spec["backbone"], image_size=image_size)
-    method = build_method(spec["method"], backbone, spec["hparams"])
+    method = build_method(
+        spec["method"], backbone, spec["hparams"], augmentation, {**spec.get("strong", {}), **spec["options"]}
+    )
     data = BatchSource(
         data_dir,
         "train",

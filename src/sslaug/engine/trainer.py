@@ -52,6 +52,9 @@ class TrainConfig:
     min_lr: float = 0.0
     #: Exclude biases and norm parameters from weight decay and LARS adaptation.
     exclude_bias_norm: bool = True
+    #: SimSiam's fixed predictor lr (Chen & He 2021, Sec. 4.2): the predictor keeps the peak
+    #: lr (no warm-up, no decay); set by the table option ``fix_pred_lr``.
+    fix_pred_lr: bool = False
     precision: str = "bf16"
     channels_last: bool = True
     compile: bool = False
@@ -97,15 +100,26 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; use sgd, adamw or lars")
 
 
-def _param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(
+    model: nn.Module, weight_decay: float, exclude_bias_norm: bool, fixed_lr: nn.Module | None = None
+) -> list[dict[str, Any]]:
+    """Decay / no-decay groups; ``fixed_lr``'s parameters get their own groups marked ``fix_lr``."""
+    fixed = {id(p) for p in fixed_lr.parameters()} if fixed_lr is not None else set()
+    decay, no_decay, fixed_decay, fixed_no_decay = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if exclude_bias_norm and p.ndim <= 1 else decay).append(p)
+        no_wd = exclude_bias_norm and p.ndim <= 1
+        if id(p) in fixed:
+            (fixed_no_decay if no_wd else fixed_decay).append(p)
+        else:
+            (no_decay if no_wd else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    for params, wd in ((fixed_decay, weight_decay), (fixed_no_decay, 0.0)):
+        if params:
+            groups.append({"params": params, "weight_decay": wd, "fix_lr": True})
     return groups
 
 
@@ -198,8 +212,13 @@ class Trainer:
             )
         if config.compile:
             self.model = torch.compile(self.model)
+        fixed_lr = None
+        if config.fix_pred_lr:
+            fixed_lr = getattr(self.method, "predictor", None)
+            if not isinstance(fixed_lr, nn.Module):
+                raise ValueError(f"fix_pred_lr: method {self.method.name!r} has no predictor")
         self.optimizer = build_optimizer(
-            _param_groups(self.method, config.weight_decay, config.exclude_bias_norm),
+            _param_groups(self.method, config.weight_decay, config.exclude_bias_norm, fixed_lr),
             config.optimizer,
             lr=config.lr,
             momentum=config.momentum,
@@ -282,7 +301,7 @@ class Trainer:
                 for batch, indices in self.data.epoch(epoch, start):
                     lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = self.config.lr if group.get("fix_lr") else lr
                     progress = self.step / self.total_steps
                     views = self.view_maker(batch, indices, epoch)
                     if self.cuda and self.config.channels_last:

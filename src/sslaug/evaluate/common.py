@@ -1,34 +1,28 @@
-"""What every evaluation entry point shares: its CLI, config parsing, feature extraction."""
+"""What every evaluation entry point shares: spec parsing, CLI, result file, features."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
+import dataclasses
 import json
+import random
 import sys
-import time
-from dataclasses import asdict, fields
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from sslaug.augment.views import normalize_uint8
 from sslaug.data.formats import DataError
 from sslaug.io import atomic_write_json
 
-log = logging.getLogger("sslaug.evaluate")
-ConfigT = TypeVar("ConfigT")
-
-
-def config_from_spec(cls: type[ConfigT], spec: dict[str, Any], where: str) -> ConfigT:
-    """Instantiate a config dataclass from a spec mapping, naming any unknown key."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for {where}; known: {sorted(known)}")
-    return cls(**spec)
+C = TypeVar("C")
 
 
 def eval_argument_parser(description: str) -> argparse.ArgumentParser:
@@ -45,38 +39,153 @@ def eval_argument_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_evaluation(
-    protocol: str,
-    description: str,
-    config_cls: type[ConfigT],
-    evaluate: Callable[[argparse.Namespace, ConfigT], dict[str, float]],
-    argv: list[str] | None = None,
-) -> int:
-    """Parse the CLI, run ``evaluate``, write ``{"status", "protocol", "metrics", "config"}`` atomically."""
-    args = eval_argument_parser(description).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    try:
-        config = config_from_spec(config_cls, json.loads(args.spec), f"protocol {protocol}")
-        metrics = evaluate(args, config)
-    except (ValueError, KeyError, FileNotFoundError, NotImplementedError, DataError) as err:
-        log.error("%s: %s", type(err).__name__, err)
-        return 1
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a JSON value to a dataclass field's type (lists -> tuples, ints -> floats)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key) if len(inner) == 1 else value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"spec key {key!r} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"spec key {key!r} expects {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"spec key {key!r} expects true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"spec key {key!r} expects an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"spec key {key!r} expects a number, got {value!r}")
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        raise ValueError(f"spec key {key!r} expects a string, got {value!r}")
+    return value
+
+
+def apply_overrides(config_cls: type[C], spec: dict[str, Any] | str | None) -> C:
+    """Build ``config_cls`` from defaults plus ``spec`` (a dict or a JSON object string).
+
+    Unknown keys raise ``ValueError`` naming the key, so a typo in a Snakemake
+    config never silently falls back to a default.
+    """
+    if spec is None or spec == "":
+        spec = {}
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--spec is not valid JSON: {e}") from e
+    if not isinstance(spec, dict):
+        raise ValueError(f"--spec must be a JSON object, got {type(spec).__name__}")
+    hints = typing.get_type_hints(config_cls)
+    known = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    for key in spec:
+        if key not in known:
+            raise ValueError(
+                f"unknown {config_cls.__name__} key {key!r} in spec; known keys: {', '.join(sorted(known))}"
+            )
+    values = {k: _coerce(v, hints[k], k) for k, v in spec.items()}
+    config = config_cls(**values)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU (the mini scale runs on CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA only: CPU autocast is slow and numerically pointless here."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_encoder_path(path: str | Path) -> Path:
+    """The encoder checkpoint path, or a ``FileNotFoundError`` that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder checkpoint not found: {path}")
+    return path
+
+
+def write_result(out: str | Path, protocol: str, metrics: dict[str, float], config: Any,
+                 seconds: float, notes: Sequence[str] = (), info: dict[str, Any] | None = None,
+                 encoder: str | Path = "", data: str | Path = "") -> dict[str, Any]:
+    """Write the protocol's ``metrics.json`` atomically and return its content.
+
+    Same keys as :func:`sslaug.evaluate.common.run_evaluation` writes, plus ``notes``
+    (caveats about the numbers) and ``info`` (run facts: steps, sizes, device).
+    """
     result = {
         "status": "ok",
         "protocol": protocol,
-        "metrics": metrics,
-        "config": asdict(config),  # type: ignore[call-overload]
-        "encoder": str(args.encoder),
-        "data": str(args.data),
-        "seconds": round(time.perf_counter() - start, 3),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "config": dataclasses.asdict(config),
+        "encoder": str(encoder),
+        "data": str(data),
+        "seconds": float(seconds),
+        "notes": list(notes),
+        "info": info or {},
     }
-    atomic_write_json(args.out, result)
-    log.info("%s: %s", protocol, metrics)
+    atomic_write_json(out, result)
+    return result
+
+
+#: Errors caused by the inputs (bad spec, missing files, unsupported set-ups): one line, exit 1
+#: (the convention of :func:`sslaug.evaluate.common.run_evaluation`).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotImplementedError, DataError)
+
+
+def cli_main(protocol: str, description: str, run: Callable[..., dict[str, Any]],
+             argv: Sequence[str] | None, test_split: str) -> int:
+    """The CLI of every evaluation entry point: parse, run, one-line error and exit 1 on bad input."""
+    parser = eval_argument_parser(description)
+    parser.set_defaults(test_split=test_split)
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = run(args.encoder, args.data, args.train_split, args.test_split, args.spec, args.seed, args.out)
+    except USER_ERRORS as e:
+        print(f"{protocol}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result["metrics"]))
     return 0
+
+
+def infinite_batches(loader: DataLoader) -> Iterator[Any]:
+    """Yield batches forever; each pass re-shuffles from the loader's own seeded generator."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training split yields no batches (empty dataset?)")
 
 
 @torch.no_grad()
@@ -88,7 +197,7 @@ def extract_features(
     chunks = []
     for start in range(0, images_uint8.shape[0], batch_size):
         batch = images_uint8[start : start + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, True):
             chunks.append(encoder(normalize_uint8(batch)).float().cpu())
     return torch.cat(chunks)
 
@@ -105,11 +214,3 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     per_class = [(predicted[labels == c] == c).float().mean() for c in labels.unique()]
     result["mean_class_acc"] = 100.0 * torch.stack(per_class).mean().item()
     return result
-
-
-def device_for_eval() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def exit_with(code: int) -> None:
-    sys.exit(code)

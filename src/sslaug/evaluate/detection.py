@@ -63,7 +63,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from sslaug.data.formats import open_coco, read_meta
-from sslaug.evaluate.finetune import (
+from sslaug.evaluate.common import (
     apply_overrides,
     autocast,
     check_encoder_path,

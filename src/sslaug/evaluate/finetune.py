@@ -26,29 +26,30 @@ Entry point::
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import math
-import random
 import sys
 import time
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sslaug.augment.views import ViewPipeline, ViewRecipe, normalize_uint8
-from sslaug.data.formats import DataError, open_classification, read_meta
-from sslaug.evaluate.common import eval_argument_parser
-from sslaug.io import atomic_write_json
+from sslaug.data.formats import open_classification, read_meta
+from sslaug.evaluate.common import (
+    apply_overrides,
+    autocast,
+    check_encoder_path,
+    cli_main,
+    infinite_batches,
+    pick_device,
+    seed_everything,
+    write_result,
+)
 from sslaug.models.backbones import load_encoder
 
 C = TypeVar("C")
@@ -121,135 +122,6 @@ class FinetuneConfig:
             raise ValueError(f"epochs must be positive or null, got {self.epochs}")
         if self.test_crop_ratio is not None and not 0 < self.test_crop_ratio <= 1:
             raise ValueError(f"test_crop_ratio must be in (0, 1], got {self.test_crop_ratio}")
-
-
-# --------------------------------------------------------------------------- shared helpers
-# (detection.py imports these so both protocols parse specs and seed identically)
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a JSON value to a dataclass field's type (lists -> tuples, ints -> floats)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key) if len(inner) == 1 else value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"spec key {key!r} expects a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(args) != len(value):
-            raise ValueError(f"spec key {key!r} expects {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"spec key {key!r} expects true/false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"spec key {key!r} expects an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"spec key {key!r} expects a number, got {value!r}")
-        return float(value)
-    if annotation is str and not isinstance(value, str):
-        raise ValueError(f"spec key {key!r} expects a string, got {value!r}")
-    return value
-
-
-def apply_overrides(config_cls: type[C], spec: dict[str, Any] | str | None) -> C:
-    """Build ``config_cls`` from defaults plus ``spec`` (a dict or a JSON object string).
-
-    Unknown keys raise ``ValueError`` naming the key, so a typo in a Snakemake
-    config never silently falls back to a default.
-    """
-    if spec is None or spec == "":
-        spec = {}
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--spec is not valid JSON: {e}") from e
-    if not isinstance(spec, dict):
-        raise ValueError(f"--spec must be a JSON object, got {type(spec).__name__}")
-    hints = typing.get_type_hints(config_cls)
-    known = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
-    for key in spec:
-        if key not in known:
-            raise ValueError(
-                f"unknown {config_cls.__name__} key {key!r} in spec; known keys: {', '.join(sorted(known))}"
-            )
-    values = {k: _coerce(v, hints[k], k) for k, v in spec.items()}
-    config = config_cls(**values)
-    if hasattr(config, "validate"):
-        config.validate()
-    return config
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for data order."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU (the mini scale runs on CPU)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA only: CPU autocast is slow and numerically pointless here."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def check_encoder_path(path: str | Path) -> Path:
-    """The encoder checkpoint path, or a ``FileNotFoundError`` that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder checkpoint not found: {path}")
-    return path
-
-
-def write_result(out: str | Path, protocol: str, metrics: dict[str, float], config: Any,
-                 seconds: float, notes: Sequence[str] = (), info: dict[str, Any] | None = None,
-                 encoder: str | Path = "", data: str | Path = "") -> dict[str, Any]:
-    """Write the protocol's ``metrics.json`` atomically and return its content.
-
-    Same keys as :func:`sslaug.evaluate.common.run_evaluation` writes, plus ``notes``
-    (caveats about the numbers) and ``info`` (run facts: steps, sizes, device).
-    """
-    result = {
-        "status": "ok",
-        "protocol": protocol,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "config": dataclasses.asdict(config),
-        "encoder": str(encoder),
-        "data": str(data),
-        "seconds": float(seconds),
-        "notes": list(notes),
-        "info": info or {},
-    }
-    atomic_write_json(out, result)
-    return result
-
-
-def infinite_batches(loader: DataLoader) -> Iterator[Any]:
-    """Yield batches forever; each pass re-shuffles from the loader's own seeded generator."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the training split yields no batches (empty dataset?)")
 
 
 # --------------------------------------------------------------------------- data
@@ -441,28 +313,6 @@ def run_finetune(encoder: str | Path, data: str | Path, train_split: str, test_s
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-#: Errors caused by the inputs (bad spec, missing files, unsupported set-ups): one line, exit 1
-#: (the convention of :func:`sslaug.evaluate.common.run_evaluation`).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotImplementedError, DataError)
-
-
-def cli_main(protocol: str, description: str, run: Callable[..., dict[str, Any]],
-             argv: Sequence[str] | None, test_split: str) -> int:
-    """Shared CLI of the transfer protocols: the project's evaluation arguments (incl. --threads)."""
-    parser = eval_argument_parser(description)
-    parser.set_defaults(test_split=test_split)
-    args = parser.parse_args(None if argv is None else list(argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = run(args.encoder, args.data, args.train_split, args.test_split, args.spec, args.seed, args.out)
-    except USER_ERRORS as e:
-        print(f"{protocol}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result["metrics"]))
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,15 +6,25 @@ with weight exp(sim / T).
 
 from __future__ import annotations
 
-import argparse
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from sslaug.data.formats import load_array_split, read_meta
-from sslaug.evaluate.common import device_for_eval, extract_features, run_evaluation, topk_accuracy
-from sslaug.evaluate.linear import _labelled
+from sslaug.data.formats import read_meta
+from sslaug.evaluate.common import (
+    apply_overrides,
+    check_encoder_path,
+    cli_main,
+    extract_features,
+    pick_device,
+    topk_accuracy,
+    write_result,
+)
+from sslaug.evaluate.linear import labelled_split
 from sslaug.models.backbones import load_encoder
 
 
@@ -49,22 +59,28 @@ def knn_predict(
     return torch.cat(scores)
 
 
-def evaluate(args: argparse.Namespace, config: KNNConfig) -> dict[str, float]:
-    meta = read_meta(args.data)
+def run_knn(
+    encoder: str | Path, data: str | Path, train_split: str, test_split: str, spec: Any, seed: int, out: str | Path
+) -> dict[str, Any]:
+    """kNN classification with ``encoder``'s frozen features on ``data``; writes ``out`` atomically."""
+    start = time.time()
+    config = apply_overrides(KNNConfig, spec)
+    meta = read_meta(data)
     if meta["format"] != "array":
-        raise NotImplementedError(f"kNN on {meta['format']!r} datasets lands with the datasets issue")
-    device = device_for_eval()
-    encoder, _ = load_encoder(args.encoder, map_location=device)
-    train_x, train_y = _labelled(*load_array_split(args.data, args.train_split))
-    test_x, test_y = _labelled(*load_array_split(args.data, args.test_split))
-    train_feats = extract_features(encoder, train_x, device)
-    test_feats = extract_features(encoder, test_x, device)
+        raise NotImplementedError(f"kNN on {meta['format']!r} datasets lands with the datasets issue (#6)")
+    device = pick_device()
+    model, _ = load_encoder(check_encoder_path(encoder), map_location=device)
+    train_x, train_y = labelled_split(data, train_split)
+    test_x, test_y = labelled_split(data, test_split)
+    train_feats = extract_features(model, train_x, device)
+    test_feats = extract_features(model, test_x, device)
     scores = knn_predict(train_feats, train_y, test_feats, int(meta["num_classes"]), config)
-    return topk_accuracy(scores, test_y)
+    metrics = topk_accuracy(scores, test_y)
+    return write_result(out, "knn", metrics, config, time.time() - start, encoder=encoder, data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_evaluation("knn", __doc__ or "", KNNConfig, evaluate, argv)
+    return cli_main("knn", "Weighted kNN on frozen features.", run_knn, argv, test_split="test")
 
 
 if __name__ == "__main__":

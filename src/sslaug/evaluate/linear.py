@@ -10,9 +10,11 @@ every epoch passes random-resized-crop + flip batches through the frozen encoder
 
 from __future__ import annotations
 
-import argparse
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
@@ -22,7 +24,15 @@ from torch import nn
 
 from sslaug.augment.views import normalize_uint8
 from sslaug.data.formats import load_array_split, read_meta
-from sslaug.evaluate.common import device_for_eval, extract_features, run_evaluation, topk_accuracy
+from sslaug.evaluate.common import (
+    apply_overrides,
+    check_encoder_path,
+    cli_main,
+    extract_features,
+    pick_device,
+    topk_accuracy,
+    write_result,
+)
 from sslaug.models.backbones import load_encoder
 
 
@@ -39,7 +49,9 @@ class LinearConfig:
     standardize: bool = False
 
 
-def _labelled(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_split(data: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW images and labels of an array split, unlabelled (-1) images dropped."""
+    images, labels = load_array_split(data, split)
     keep = labels >= 0
     x = torch.from_numpy(np.ascontiguousarray(images[keep])).permute(0, 3, 1, 2).contiguous()
     return x, torch.from_numpy(labels[keep]).long()
@@ -96,19 +108,25 @@ def train_linear(
     return topk_accuracy(logits, test[1])
 
 
-def evaluate(args: argparse.Namespace, config: LinearConfig) -> dict[str, float]:
-    meta = read_meta(args.data)
+def run_linear(
+    encoder: str | Path, data: str | Path, train_split: str, test_split: str, spec: Any, seed: int, out: str | Path
+) -> dict[str, Any]:
+    """Linear probe of ``encoder`` on ``data``; writes ``out`` atomically."""
+    start = time.time()
+    config = apply_overrides(LinearConfig, spec)
+    meta = read_meta(data)
     if meta["format"] != "array":
-        raise NotImplementedError(f"linear probe on {meta['format']!r} datasets lands with the datasets issue")
-    device = device_for_eval()
-    encoder, _ = load_encoder(args.encoder, map_location=device)
-    train = _labelled(*load_array_split(args.data, args.train_split))
-    test = _labelled(*load_array_split(args.data, args.test_split))
-    return train_linear(encoder, train, test, int(meta["num_classes"]), config, device, args.seed)
+        raise NotImplementedError(f"linear probe on {meta['format']!r} datasets lands with the datasets issue (#6)")
+    device = pick_device()
+    model, _ = load_encoder(check_encoder_path(encoder), map_location=device)
+    train = labelled_split(data, train_split)
+    test = labelled_split(data, test_split)
+    metrics = train_linear(model, train, test, int(meta["num_classes"]), config, device, seed)
+    return write_result(out, "linear", metrics, config, time.time() - start, encoder=encoder, data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_evaluation("linear", __doc__ or "", LinearConfig, evaluate, argv)
+    return cli_main("linear", "Linear probe on a frozen pretrained encoder.", run_linear, argv, test_split="test")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ of every process, as the papers' multi-GPU implementations do.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslaug.engine.dist import gather_with_grad, rank
+from sslaug.engine.dist import gather_no_grad, gather_with_grad, rank
 
 
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:
@@ -87,3 +89,55 @@ def barlow_twins_loss(z_a: torch.Tensor, z_b: torch.Tensor, lambda_offdiag: floa
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return on_diag + lambda_offdiag * off_diag
+
+
+def msr_beta(beta_base: float, progress: float, schedule: str = "cosine") -> float:
+    """MSR's weight of the aggressive-aggressive terms (MSR Eq. 6).
+
+    ``cosine``: ``beta_base * (cos(pi k / K) + 1) / 2`` with ``progress = k / K`` (the paper's
+    default, "Decay" in MSR Table 1); ``fixed``: ``beta_base`` throughout ("Fixed").
+    """
+    if schedule == "cosine":
+        return beta_base * (math.cos(math.pi * progress) + 1) / 2
+    if schedule == "fixed":
+        return beta_base
+    raise ValueError(f"unknown beta_schedule {schedule!r}; use 'cosine' or 'fixed'")
+
+
+def msr_loss(
+    q1_aggr: torch.Tensor, q2_aggr: torch.Tensor, z1_weak: torch.Tensor, z2_weak: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """MSR's four-term loss (MSR Eq. 5), symmetric over the two images' sides.
+
+    ``q*_aggr`` are the online (predictor) outputs of the aggressive views, ``z*_weak`` the
+    targets of the weak views. Per side: ``beta * mse(q1a, sg(q2a)) + (1 - beta) * mse(q1a, z2w)``
+    with ``mse = 2 - 2 cos``; the aggressive-aggressive term regresses onto the other view's
+    detached online output (no extra target pass), the weak term onto the detached target.
+    """
+    side_1 = beta * cosine_regression_loss(q1_aggr, q2_aggr) + (1 - beta) * cosine_regression_loss(q1_aggr, z2_weak)
+    side_2 = beta * cosine_regression_loss(q2_aggr, q1_aggr) + (1 - beta) * cosine_regression_loss(q2_aggr, z1_weak)
+    return side_1 + side_2
+
+
+def ddm_loss(
+    weak_query: torch.Tensor,
+    strong_query: torch.Tensor,
+    keys: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+    gather: bool = True,
+) -> torch.Tensor:
+    """CLSA's distributional divergence minimisation (Wang & Qi 2021, Eq. 3-4).
+
+    Candidates are ``[keys of the whole (global) batch ; queue]``; the weak query's
+    distribution ``softmax(sim / T)`` over them is the detached target of the strong
+    query's: ``-mean_n sum_c p_weak log p_strong``. All inputs are L2-normalised here.
+    """
+    keys = F.normalize(keys.detach(), dim=1)
+    all_keys = gather_no_grad(keys) if gather else keys
+    candidates = torch.cat([all_keys, F.normalize(queue.detach(), dim=1)])
+    weak = F.normalize(weak_query, dim=1)
+    strong = F.normalize(strong_query, dim=1)
+    p_weak = torch.softmax(weak.detach() @ candidates.T / temperature, dim=1)
+    log_p_strong = torch.log_softmax(strong @ candidates.T / temperature, dim=1)
+    return -(p_weak * log_p_strong).sum(dim=1).mean()

@@ -32,7 +32,9 @@ class MoCoV3(SSLMethod):
 
     def forward(self, views: list[torch.Tensor], progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         v1, v2 = views[:2]
-        q1, q2 = (self.predictor(self.projector(self.backbone(v))) for v in (v1, v2))
+        z1, z2 = (self.projector(self.backbone(v)) for v in (v1, v2))
+        self.last_embeddings = (z1, z2)  # the online g(f(y)) of both views (Rescue's top-k)
+        q1, q2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             k1, k2 = (self.target_projector(self.target_backbone(v)) for v in (v1, v2))
         loss = info_nce_in_batch(q1.float(), k2.float(), self.temperature) + info_nce_in_batch(

@@ -24,5 +24,6 @@ class SimCLR(SSLMethod):
 
     def forward(self, views: list[torch.Tensor], progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z_a, z_b = (self.projector(self.backbone(v)) for v in views[:2])
+        self.last_embeddings = (z_a, z_b)  # the online g(f(y)) of both views (Rescue's top-k)
         loss = nt_xent_loss(z_a.float(), z_b.float(), self.temperature)
         return loss, {"loss": loss.detach()}
