@@ -27,4 +27,4 @@ rule pretrain:
         extra=pretrain_extra_arguments,
     shell:
         "{params.launcher} -m sslaug.engine.pretrain --spec {params.spec:q} --data {input.data} "
-        "--run-dir {params.run_dir} {params.extra} --out {output.encoder} --threads {threads} > {log} 2>&1"
+        "--run-dir {params.run_dir} {params.extra} --out {output.encoder} --threads {threads} --gpus {resources.gpu} > {log} 2>&1"

@@ -6,6 +6,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 
 def is_distributed() -> bool:
@@ -41,7 +42,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather along dim 0, keeping gradients flowing to every process's slice."""
     if not is_distributed():
         return x
-    return torch.cat(torch.distributed.nn.functional.all_gather(x), dim=0)
+    return torch.cat(all_gather_with_grad(x), dim=0)
 
 
 @torch.no_grad()

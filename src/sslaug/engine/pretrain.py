@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -137,15 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style-features", type=Path, help="SASSL: precomputed external style embeddings")
     parser.add_argument("--generative-views", type=Path, help="generative views: directory of the shards")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given; >0 refuses to run on CPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.gpus > 0 and not torch.cuda.is_available():
+            raise ValueError(
+                f"this job asked for {args.gpus} GPU(s) but torch sees none "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                "refusing to train on the CPU. Check the partition / --gpus, or set gpu: 0 in the scale's resources."
+            )
         spec = json.loads(args.spec)
         pretrain(spec, args.data, args.run_dir, args.out, args.style_features, args.generative_views)
     except (NonFiniteLossError, NotImplementedError, ValueError, KeyError, FileNotFoundError, DataError) as err:
         log.error("%s: %s", type(err).__name__, err)
+        return 1
+    except OSError as err:  # e.g. disk full while writing a checkpoint: the previous one is intact
+        log.error("%s while writing to %s: %s (earlier checkpoints and results are kept)", type(err).__name__, args.run_dir, err)
         return 1
     return 0
 
