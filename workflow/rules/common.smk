@@ -12,6 +12,7 @@ shell.prefix(f"export PYTHONPATH={ROOT / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}
 from sslaug.config import load_workflow_config  # noqa: E402
 from sslaug.plan import (
     PRETRAIN_PROTOCOLS,
+    Evaluation,
     eval_spec,
     gap_reason,
     run_spec,
@@ -170,12 +171,16 @@ def shard_dir(wildcards):
 
 # ---------------------------------------------------------------- evaluations
 def evaluation_of(protocol, wildcards):
+    """A table's evaluation, or an ad-hoc one on any declared dataset (e.g. kNN monitoring)."""
     key = (protocol, wildcards.evaluation)
-    if key not in EVALUATIONS:
-        raise ValueError(
-            f"evaluation {protocol}/{wildcards.evaluation} is not part of any table at scale {SCALE}"
-        )
-    return EVALUATIONS[key]
+    if key in EVALUATIONS:
+        return EVALUATIONS[key]
+    if wildcards.evaluation in SCALE_CFG["datasets"]:
+        return Evaluation(protocol=protocol, dataset=wildcards.evaluation)
+    raise ValueError(
+        f"evaluation {protocol}/{wildcards.evaluation} is neither part of a table "
+        f"nor a dataset declared at scale {SCALE}"
+    )
 
 
 def encoder_of(wildcards):
