@@ -7,7 +7,11 @@ rule aggregate_table:
         cells=table_inputs,
         paper_values=WF.paper_values,
     output:
-        csv=f"{RESULTS}/tables/{{table}}.csv",
+        csv=report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Paper tables",
+        ),
         markdown=f"{RESULTS}/tables/{{table}}.md",
     log:
         f"logs/{SCALE}/tables/{{table}}.log",
