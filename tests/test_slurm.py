@@ -259,6 +259,7 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     root = small_workflow(tmp_path)
     scale_path = root / "config" / "scales" / "mini.yaml"
     scale = yaml.safe_load(scale_path.read_text())
+    scale["seeds"] = [0]  # one job per run: each DAG level costs a SLURM round trip
     scale["resources"]["pretrain"] = {**scale["resources"]["default"], **scale["resources"].get("pretrain", {}), "gpu": 1}
     scale_path.write_text(yaml.safe_dump(scale))
     profile = test_profile(root)
@@ -268,9 +269,9 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output[-6000:]}\n{slurm_cluster.logs()}"
     table = (root / "results" / "mini" / "tables" / "small.md").read_text()
-    assert "paper 92.6" in table and "±" in table
+    assert "paper 92.6" in table and "not implemented yet: method dino" in table
     calls = sbatch_calls(output)
-    assert len(calls.get("pretrain", [])) == 4 and len(calls.get("linear_probe", [])) == 4, calls
+    assert len(calls.get("pretrain", [])) == 2 and len(calls.get("linear_probe", [])) == 2, calls
     for call in calls["pretrain"]:
         assert f"--gpus={GPU_MODEL}:1" in call and "-p debug" in call, call
     for rule in ("prepare_dataset", "placeholder_not_implemented", "linear_probe", "aggregate_table", "tables_index"):
@@ -281,7 +282,7 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     job_ids = re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+)", output)
     assert job_ids, output[-3000:]
     gpu_jobs = [job_id for job_id in job_ids if f"TresPerJob=gres:gpu:{GPU_MODEL}:1" in slurm_cluster.job(job_id)]
-    assert len(gpu_jobs) == 4, [slurm_cluster.job(job_id) for job_id in job_ids]
+    assert len(gpu_jobs) == 2, [slurm_cluster.job(job_id) for job_id in job_ids]
     print(f"mini workflow through SLURM: {len(job_ids)} jobs in {seconds:.0f} s (cluster up in {slurm_cluster.startup_seconds:.0f} s)")
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 #: What the engine implements so far; anything else becomes a clearly named placeholder.
 IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins"})
 IMPLEMENTED_AUGMENTATIONS = frozenset({"standard", "sassl", "generative", "clsa", "rescue", "msr"})
-IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "training_time"})
+IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "voc07_cls", "training_time"})
 #: Options each implemented augmentation understands so far; others are gaps.
 IMPLEMENTED_OPTIONS = {
     "standard": frozenset({"recipe", "fix_pred_lr"}),

@@ -209,6 +209,22 @@ def eval_settings(protocol):
     return settings
 
 
+def eval_split(protocol, role):
+    """Params function: the dataset's train or test split name (scale `datasets.<name>.splits`)."""
+    default = {"train": "train", "test": "val" if protocol == "detection" else "test"}[
+        role
+    ]
+
+    def split(wildcards):
+        dataset = evaluation_of(protocol, wildcards).dataset
+        return (
+            SCALE_CFG["datasets"].get(dataset, {}).get("splits", {}).get(role, default)
+        )
+
+    split.__name__ = f"{protocol}_{role}_split"
+    return split
+
+
 def run_seed(wildcards):
     return run_of(wildcards).seed
 

@@ -24,8 +24,11 @@ rule linear_probe:
     params:
         spec=eval_settings("linear"),
         seed=run_seed,
+        train_split=eval_split("linear", "train"),
+        test_split=eval_split("linear", "test"),
     shell:
         "python -m sslaug.evaluate.linear --encoder {input.encoder} --data {input.data} "
+        "--train-split {params.train_split} --test-split {params.test_split} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -49,8 +52,11 @@ rule knn:
     params:
         spec=eval_settings("knn"),
         seed=run_seed,
+        train_split=eval_split("knn", "train"),
+        test_split=eval_split("knn", "test"),
     shell:
         "python -m sslaug.evaluate.knn --encoder {input.encoder} --data {input.data} "
+        "--train-split {params.train_split} --test-split {params.test_split} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -74,8 +80,11 @@ rule finetune:
     params:
         spec=eval_settings("finetune"),
         seed=run_seed,
+        train_split=eval_split("finetune", "train"),
+        test_split=eval_split("finetune", "test"),
     shell:
         "python -m sslaug.evaluate.finetune --encoder {input.encoder} --data {input.data} "
+        "--train-split {params.train_split} --test-split {params.test_split} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -99,9 +108,39 @@ rule detection_transfer:
     params:
         spec=eval_settings("detection"),
         seed=run_seed,
+        train_split=eval_split("detection", "train"),
+        test_split=eval_split("detection", "test"),
     shell:
         "python -m sslaug.evaluate.detection --encoder {input.encoder} --data {input.data} "
-        "--train-split train --test-split val "
+        "--train-split {params.train_split} --test-split {params.test_split} "
+        "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule voc07_classification:
+    input:
+        encoder=encoder_of,
+        data=eval_data("voc07_cls"),
+    output:
+        f"{RESULTS}/eval/voc07_cls/{{evaluation}}/{{run}}/metrics.json",
+    log:
+        f"logs/{SCALE}/eval/voc07_cls/{{evaluation}}/{{run}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/eval/voc07_cls/{{evaluation}}/{{run}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: THREADS
+    resources:
+        runtime=resource("voc07_classification", "runtime"),
+        mem_mb=resource("voc07_classification", "mem_mb"),
+        gpu=resource("voc07_classification", "gpu"),
+    params:
+        spec=eval_settings("voc07_cls"),
+        seed=run_seed,
+        train_split=eval_split("voc07_cls", "train"),
+        test_split=eval_split("voc07_cls", "test"),
+    shell:
+        "python -m sslaug.evaluate.voc07 --encoder {input.encoder} --data {input.data} "
+        "--train-split {params.train_split} --test-split {params.test_split} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -24,8 +24,9 @@ border-clipped box it always lies inside the image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import kornia.augmentation as K
 import kornia.enhance as E
@@ -105,7 +106,7 @@ class StrongConfig:
     cutout: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "StrongConfig":
+    def from_settings(cls, settings: dict) -> StrongConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(settings) - known)
         if unknown:

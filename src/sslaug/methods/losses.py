@@ -104,19 +104,28 @@ def msr_beta(beta_base: float, progress: float, schedule: str = "cosine") -> flo
     raise ValueError(f"unknown beta_schedule {schedule!r}; use 'cosine' or 'fixed'")
 
 
+def msr_terms(
+    q1_aggr: torch.Tensor, q2_aggr: torch.Tensor, z1_weak: torch.Tensor, z2_weak: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSR's two pair terms, each summed over both sides: ``(weak, aggressive)``.
+
+    ``weak = mse(q1a, z2w) + mse(q2a, z1w)`` regresses each aggressive view's prediction onto
+    the other image's weak-view target; ``aggressive = mse(q1a, sg(q2a)) + mse(q2a, sg(q1a))``
+    onto the other aggressive view's detached prediction (MSR avoids an extra target pass).
+    ``mse = 2 - 2 cos`` (MSR Eq. 2); every target is detached.
+    """
+    weak = cosine_regression_loss(q1_aggr, z2_weak) + cosine_regression_loss(q2_aggr, z1_weak)
+    aggressive = cosine_regression_loss(q1_aggr, q2_aggr) + cosine_regression_loss(q2_aggr, q1_aggr)
+    return weak, aggressive
+
+
 def msr_loss(
     q1_aggr: torch.Tensor, q2_aggr: torch.Tensor, z1_weak: torch.Tensor, z2_weak: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """MSR's four-term loss (MSR Eq. 5), symmetric over the two images' sides.
-
-    ``q*_aggr`` are the online (predictor) outputs of the aggressive views, ``z*_weak`` the
-    targets of the weak views. Per side: ``beta * mse(q1a, sg(q2a)) + (1 - beta) * mse(q1a, z2w)``
-    with ``mse = 2 - 2 cos``; the aggressive-aggressive term regresses onto the other view's
-    detached online output (no extra target pass), the weak term onto the detached target.
-    """
-    side_1 = beta * cosine_regression_loss(q1_aggr, q2_aggr) + (1 - beta) * cosine_regression_loss(q1_aggr, z2_weak)
-    side_2 = beta * cosine_regression_loss(q2_aggr, q1_aggr) + (1 - beta) * cosine_regression_loss(q2_aggr, z1_weak)
-    return side_1 + side_2
+    """MSR's four-term loss (MSR Eq. 5): per side ``beta * mse(q1a, sg(q2a)) + (1 - beta) *
+    mse(q1a, z2w)``, symmetric over the two images (see :func:`msr_terms`)."""
+    weak, aggressive = msr_terms(q1_aggr, q2_aggr, z1_weak, z2_weak)
+    return beta * aggressive + (1 - beta) * weak
 
 
 def ddm_loss(

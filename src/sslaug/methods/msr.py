@@ -16,7 +16,7 @@ from torch import nn
 
 from sslaug.methods.base import SSLMethod
 from sslaug.methods.byol import BYOL
-from sslaug.methods.losses import msr_beta, msr_loss
+from sslaug.methods.losses import msr_beta, msr_loss, msr_terms
 from sslaug.methods.simsiam import SimSiam
 
 
@@ -44,9 +44,13 @@ class MSRMixin(SSLMethod):
         weak1, aggressive1, weak2, aggressive2 = views
         q1, q2 = self.online(aggressive1), self.online(aggressive2)
         z1, z2 = self.target(weak1), self.target(weak2)
+        q1, q2, z1, z2 = q1.float(), q2.float(), z1.float(), z2.float()
         beta = msr_beta(self.beta_base, progress, self.beta_schedule)
-        loss = self.loss_scale * msr_loss(q1.float(), q2.float(), z1.float(), z2.float(), beta)
-        return loss, {"loss": loss.detach(), "beta": torch.tensor(beta)}
+        loss = self.loss_scale * msr_loss(q1, q2, z1, z2, beta)
+        with torch.no_grad():  # both pair terms, to see which one moves as beta decays
+            weak, aggressive = msr_terms(q1, q2, z1, z2)
+        logs = {"loss_weak": self.loss_scale * weak, "loss_aggressive": self.loss_scale * aggressive}
+        return loss, {"loss": loss.detach(), **logs, "beta": torch.tensor(beta)}
 
 
 class BYOLMSR(MSRMixin, BYOL):

@@ -10,7 +10,6 @@ as the third view; only the k selected ones are forwarded) and
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
