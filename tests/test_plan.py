@@ -146,3 +146,32 @@ def test_paper_value_for_unknown_row_is_named(tmp_path: Path) -> None:
         f.write(f"{first},No such row,Top-1,1.0,,made up\n")
     with pytest.raises(ConfigError, match=f"paper_values.csv:[0-9]+: table '{first}' has no row 'No such row'"):
         load(root)
+
+
+def test_option_defaults_agree_with_the_engine() -> None:
+    """A default spelled out in a table must mean what the engine does without it."""
+    from dataclasses import fields
+
+    from sslaug.augment.generative import GenerativeConfig
+    from sslaug.augment.sassl import SASSLConfig
+    from sslaug.plan import OPTION_DEFAULTS
+
+    for cls, augmentation in ((SASSLConfig, "sassl"), (GenerativeConfig, "generative")):
+        engine = {f.name: f.default for f in fields(cls)}
+        for key, value in OPTION_DEFAULTS[augmentation].items():
+            assert engine[key] == value, f"{augmentation}.{key}"
+
+
+def test_spelled_out_defaults_share_a_run() -> None:
+    tables = {
+        "t": {
+            "paper": "000_88efd4324cd49182.txt", "source": "T", "caption": "c", "metric": "top1",
+            "pretrain": {"method": "mocov2", "augmentation": "sassl", "backbone": "resnet50", "dataset": "imagenet", "epochs": 100},
+            "evaluation": {"protocol": "linear", "dataset": "imagenet"},
+            "rows": {"implicit": {}, "explicit": {"pretrain": {"options": {"p": 0.8, "style_source": "in_batch"}}}},
+            "columns": {"Top-1": {}},
+        }
+    }
+    plan = build_plan(tables, "paper", scale("paper"))
+    implicit, explicit = plan.cells["t"]
+    assert [r.run_id for r in implicit.runs] == [r.run_id for r in explicit.runs]

@@ -94,6 +94,17 @@ def test_strong_augment_is_deterministic_under_a_seed_and_cutout_greys_a_square(
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
 
 
+def test_paper_pool_swaps_identity_for_invert() -> None:
+    augment = StrongAugment(StrongConfig(num_ops=1, p=1.0, pool="paper"))
+    assert "invert" in augment.ops and "identity" not in augment.ops and len(augment.ops) == 14
+    x = torch.rand(4, 3, 8, 8)
+    params = {"op": torch.full((4, 1), augment.ops.index("invert")), "level": torch.ones(4, 1, dtype=torch.long),
+              "sign": torch.ones(4, 1), "apply": torch.ones(4, 1, dtype=torch.bool)}
+    torch.testing.assert_close(augment.apply(x, params), 1 - x)
+    with pytest.raises(ValueError, match="pool"):
+        StrongAugment(StrongConfig(pool="other"))
+
+
 def test_p_zero_is_identity() -> None:
     x = torch.rand(8, 3, 16, 16)
     assert torch.equal(StrongAugment(StrongConfig(p=0.0))(x), x)
@@ -246,3 +257,23 @@ def test_rescue_trains_and_its_loss_falls(method: str, small_mini: Path, tmp_pat
     spec = _rescue_spec(method, k=128, s=0.75, epochs=8, batch_size=32, log_every_steps=1, warmup_epochs=0)
     first, last = _losses_fall(spec, small_mini, tmp_path / method)
     assert last < first, f"Rescue({method}): loss {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize("scale_name", ["mini", "cifar", "paper"])
+def test_every_clsa_and_rescue_run_of_every_scale_builds(scale_name: str) -> None:
+    """The scale settings fit the methods (e.g. CLSA needs MoCo v2's asymmetric loss)."""
+    from sslaug.plan import build_plan
+
+    scale = yaml.safe_load((ROOT / "config" / "scales" / f"{scale_name}.yaml").read_text())
+    tables = yaml.safe_load((ROOT / "config" / "tables.yaml").read_text())["tables"]
+    built = set()
+    for run in build_plan(tables, scale_name, scale).runs.values():
+        key = (run.method, run.augmentation, run.options)
+        if run.augmentation not in ("clsa", "rescue") or run.gaps or key in built:
+            continue
+        spec = run_spec(run, scale_name, scale)
+        method = build_method(run.method, build_backbone("tiny"), spec["hparams"], run.augmentation, {**spec["strong"], **spec["options"]})
+        assert isinstance(method, CLSA if run.augmentation == "clsa" else Rescue)
+        build_view_maker(spec, 10, None, None, torch.device("cpu"))
+        built.add(key)
+    assert len(built) >= 20

@@ -26,6 +26,14 @@ IMPLEMENTED_OPTIONS = {
     "rescue": frozenset({"k", "s"}),
     "msr": frozenset({"beta_base", "beta_schedule", "fix_pred_lr"}),
 }
+#: Option values equal to the engine's defaults: dropped from a run's identity, so a table
+#: that spells out a default and one that leaves it implicit share one run (and its GPU hours).
+OPTION_DEFAULTS = {
+    "standard": {"fix_pred_lr": False},
+    "sassl": {"style_source": "in_batch", "p": 0.8, "alpha_min": 0.1, "alpha_max": 0.3, "beta_min": 0.1, "beta_max": 0.3},
+    "generative": {"generator": "unclip", "p": 1.0, "views": "one", "strategy": "generative_standard"},
+    "msr": {"beta_schedule": "cosine", "fix_pred_lr": False},
+}
 #: Option values whose implementation lands later (ICGAN needs its own environment).
 PENDING_OPTION_VALUES = {("generator", "icgan"): "#5"}
 #: Where each missing piece lands (shown in the dry run and in the tables).
@@ -245,7 +253,7 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     PretrainRun(
                         method=pre["method"],
                         augmentation=pre["augmentation"],
-                        options=tuple(sorted(options.items())),
+                        options=tuple(sorted(_without_defaults(pre["augmentation"], options).items())),
                         backbone=backbone,
                         dataset=dataset,
                         epochs=int(epochs),
@@ -265,6 +273,11 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
     return plan
 
 
+def _without_defaults(augmentation: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = OPTION_DEFAULTS.get(augmentation, {})
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+
+
 def _matches(when: Mapping[str, Any], run: PretrainRun) -> bool:
     return all(getattr(run, key) == value for key, value in when.items())
 
@@ -280,6 +293,8 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
     for override in method.get("overrides", []):
         if _matches(override["when"], run):
             settings = {key: {**settings[key], **override.get(key, {})} for key in settings}
+    if run.recipe or run.augmentation == "msr":
+        settings["views"] = {}  # MSR's named and multi-stage recipes take no method view tweaks (recipe_for)
     return {
         "run": run.run_id,
         "scale": scale_name,

@@ -76,6 +76,10 @@ POOL: dict[str, tuple[float, float, bool, Callable[[torch.Tensor, torch.Tensor],
     "translate_y": (0.3, 0.0, True, _translate(1)),
 }
 OPS = tuple(POOL)
+# CLSA's Table 1 lists Invert where the authors' code (and FixMatch) has Identity.
+POOL["invert"] = (0.0, 0.0, False, lambda x, v: E.invert(x))
+#: ``pool`` setting -> its 14 ops: "code" (default, the authors' code and FixMatch) or "paper" (Table 1).
+POOLS = {"code": OPS, "paper": tuple("invert" if name == "identity" else name for name in OPS)}
 #: Ops whose value is an integer in the reference code (``int(v * max / 10) + bias``).
 _INTEGER = frozenset({"posterize", "solarize"})
 
@@ -98,12 +102,14 @@ def op_value(name: str, level: torch.Tensor, sign: torch.Tensor | None = None) -
 class StrongConfig:
     """num_ops: ops per sample (CLSA 5; FixMatch's RandAugmentMC 2); p: probability of each;
     max_level: levels are drawn from 1..max_level-1 (FixMatch m = 10); cutout: side of the
-    Cutout square as a fraction of the image side (0 = none; FixMatch 0.5)."""
+    Cutout square as a fraction of the image side (0 = none; FixMatch 0.5); pool: "code"
+    (Identity, as CLSA's code and FixMatch) or "paper" (Invert, CLSA Table 1)."""
 
     num_ops: int = 5
     p: float = 0.5
     max_level: int = 10
     cutout: float = 0.0
+    pool: str = "code"
 
     @classmethod
     def from_settings(cls, settings: dict) -> StrongConfig:
@@ -119,7 +125,10 @@ class StrongAugment(nn.Module):
 
     def __init__(self, config: StrongConfig = StrongConfig()) -> None:
         super().__init__()
+        if config.pool not in POOLS:
+            raise ValueError(f"unknown strong pool {config.pool!r}; use one of {sorted(POOLS)}")
         self.config = config
+        self.ops = POOLS[config.pool]
         side = config.cutout
         self.cutout = (
             K.RandomErasing(scale=(side * side, side * side), ratio=(1.0, 1.0), value=0.5, p=1.0)
@@ -131,7 +140,7 @@ class StrongAugment(nn.Module):
         """Per-sample parameters, ``[B, num_ops]`` each: op index, level, sign, applied."""
         shape = (batch, self.config.num_ops)
         return {
-            "op": torch.randint(0, len(OPS), shape, device=device),
+            "op": torch.randint(0, len(self.ops), shape, device=device),
             "level": torch.randint(1, self.config.max_level, shape, device=device),
             "sign": torch.randint(0, 2, shape, device=device).float() * 2 - 1,
             "apply": torch.rand(shape, device=device) < self.config.p,
@@ -145,7 +154,7 @@ class StrongAugment(nn.Module):
         chosen = torch.where(params["apply"], params["op"], -1).cpu()
         for slot in range(chosen.shape[1]):
             column = chosen[:, slot]
-            for number, name in enumerate(OPS):
+            for number, name in enumerate(self.ops):
                 if name == "identity":
                     continue
                 index = (column == number).nonzero().squeeze(1)

@@ -27,6 +27,7 @@ class SimSiam(SSLMethod):
     def forward(self, views: list[torch.Tensor], progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        # 2 - 2cos is the paper's -cos up to an affine map; /2 keeps the symmetric average.
-        loss = 0.5 * (cosine_regression_loss(p1.float(), z2.float()) + cosine_regression_loss(p2.float(), z1.float()))
+        # SimSiam's L = D(p1, z2)/2 + D(p2, z1)/2 with D = -cos; (2 - 2cos)/4 per term has
+        # exactly its gradient (the value is shifted by +1).
+        loss = 0.25 * (cosine_regression_loss(p1.float(), z2.float()) + cosine_regression_loss(p2.float(), z1.float()))
         return loss, {"loss": loss.detach()}
