@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -31,18 +30,11 @@ class GenerativeConfig:
     views: str = "one"
     strategy: str = "generative_standard"
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "GenerativeConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown generative option(s) {unknown}; known: {sorted(known)}")
-        config = cls(**options)
-        if config.views not in ("one", "both"):
-            raise ValueError(f"generative option views must be 'one' or 'both', not {config.views!r}")
-        if config.strategy not in STRATEGIES:
-            raise ValueError(f"generative strategy {config.strategy!r} unknown; known: {STRATEGIES}")
-        return config
+    def validate(self) -> None:
+        if self.views not in ("one", "both"):
+            raise ValueError(f"generative option views must be 'one' or 'both', not {self.views!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"generative strategy {self.strategy!r} unknown; known: {STRATEGIES}")
 
 
 class GeneratedViewBank:

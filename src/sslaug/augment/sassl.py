@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sslaug.augment.stylizer import Stylizer, StylizerConfig, load_stylizer
+from sslaug.settings import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,6 @@ class SASSLConfig:
     alpha_max: float = 0.3
     beta_min: float = 0.1
     beta_max: float = 0.3
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "SASSLConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown SASSL option(s) {unknown}; known: {sorted(known)}")
-        return cls(**options)
 
 
 class StyleAugment(nn.Module):
@@ -78,7 +71,7 @@ def build_style_augment(
     device: torch.device,
 ) -> StyleAugment:
     """The SASSL augmentation of one run, on ``device``."""
-    config = SASSLConfig.from_options(options)
+    config = apply_overrides(SASSLConfig, dict(options))
     stylizer = load_stylizer(stylizer_weights, StylizerConfig.from_dict(stylizer_config))
     bank = None
     if style_features is not None:

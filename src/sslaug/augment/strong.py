@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewPipeline, ViewRecipe
+from sslaug.settings import apply_overrides
 
 
 def _auto_contrast(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -110,14 +111,6 @@ class StrongConfig:
     max_level: int = 10
     cutout: float = 0.0
     pool: str = "code"
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> StrongConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"unknown strong augmentation setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**settings)
 
 
 class StrongAugment(nn.Module):
@@ -212,7 +205,7 @@ def strong_pipelines(
     forwards only the top-k): the method's crop and flip, then RandAugment + Cutout
     (FixMatch's strong branch, which Rescue follows; no colour jitter before it).
     """
-    config = StrongConfig.from_settings(dict(settings.get("augment", {})))
+    config = apply_overrides(StrongConfig, dict(settings.get("augment", {})))
     if augmentation == "rescue":
         crop_flip = replace(weak[0], jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
         return [ViewPipeline(weak[0], size), ViewPipeline(weak[1], size), StrongViewPipeline(crop_flip, size, config)]

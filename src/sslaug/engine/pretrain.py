@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, fingerprint_of, seed_everything
 from sslaug.io import atomic_torch_save, atomic_write_json
+from sslaug.settings import apply_overrides
 from sslaug.data.formats import DataError
 from sslaug.methods import build_method
 from sslaug.models.backbones import build_backbone, encoder_state
@@ -37,14 +37,10 @@ log = logging.getLogger("sslaug.pretrain")
 def train_config_from(spec: dict[str, Any]) -> TrainConfig:
     """Build the TrainConfig, naming any unknown key; the table option ``fix_pred_lr`` sets
     SimSiam's constant predictor learning rate."""
-    known = {f.name for f in fields(TrainConfig)}
-    train = dict(spec["train"])
-    unknown = sorted(set(train) - known)
-    if unknown:
-        raise ValueError(f"unknown train setting(s) {unknown} in run {spec.get('run')}; known: {sorted(known)}")
+    train = {**spec["train"], "epochs": int(spec["epochs"])}
     if "fix_pred_lr" in spec.get("options", {}):
         train["fix_pred_lr"] = bool(spec["options"]["fix_pred_lr"])
-    return TrainConfig(epochs=int(spec["epochs"]), **train)
+    return apply_overrides(TrainConfig, train)
 
 
 def build_view_maker(
@@ -79,7 +75,7 @@ def build_view_maker(
         if generative_views is None:
             raise ValueError(f"run {spec['run']} needs --generative-views")
         bank = GeneratedViewBank(generative_views, num_items)
-        augment = GenerativeAugment(bank, GenerativeConfig.from_options(options), size, int(spec["seed"]))
+        augment = GenerativeAugment(bank, apply_overrides(GenerativeConfig, dict(options)), size, int(spec["seed"]))
         return ViewMaker(pipelines, generative=augment)
     return ViewMaker(pipelines)
 
