@@ -64,7 +64,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from sslaug.data.formats import open_coco, read_meta
 from sslaug.evaluate.common import (
-    apply_overrides,
     autocast,
     check_encoder_path,
     cli_main,
@@ -74,6 +73,7 @@ from sslaug.evaluate.common import (
     write_result,
 )
 from sslaug.models.backbones import TinyConvNet, load_encoder
+from sslaug.settings import apply_overrides
 
 #: Detectron2 schedules at batch 16: name -> (iterations, lr-step fractions of training).
 #: ``voc24k`` is Detectron2's PASCAL VOC schedule (24k iterations, steps at 18k and 22k).

@@ -41,7 +41,6 @@ from torch.utils.data import DataLoader, Dataset
 from sslaug.augment.views import ViewPipeline, ViewRecipe, normalize_uint8
 from sslaug.data.formats import open_classification, read_meta
 from sslaug.evaluate.common import (
-    apply_overrides,
     autocast,
     check_encoder_path,
     cli_main,
@@ -51,6 +50,7 @@ from sslaug.evaluate.common import (
     write_result,
 )
 from sslaug.models.backbones import load_encoder
+from sslaug.settings import apply_overrides
 
 C = TypeVar("C")
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from sslaug.data.formats import read_meta
 from sslaug.evaluate.common import (
-    apply_overrides,
     check_encoder_path,
     cli_main,
     extract_features,
@@ -26,6 +25,7 @@ from sslaug.evaluate.common import (
 )
 from sslaug.evaluate.linear import labelled_split
 from sslaug.models.backbones import load_encoder
+from sslaug.settings import apply_overrides
 
 
 @dataclass

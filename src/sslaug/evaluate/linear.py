@@ -25,7 +25,6 @@ from torch import nn
 from sslaug.augment.views import normalize_uint8
 from sslaug.data.formats import load_array_split, read_meta
 from sslaug.evaluate.common import (
-    apply_overrides,
     check_encoder_path,
     cli_main,
     extract_features,
@@ -34,6 +33,7 @@ from sslaug.evaluate.common import (
     write_result,
 )
 from sslaug.models.backbones import load_encoder
+from sslaug.settings import apply_overrides
 
 
 @dataclass
