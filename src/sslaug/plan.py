@@ -261,10 +261,13 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     )
                     for seed in seeds
                 ]
+                # Options a scale pins anyway (e.g. mini's fixed detection iterations make the
+                # 1x/2x schedule moot) are dropped, so identical evaluations run once.
+                ignored = scale.get("evaluations", {}).get(ev["protocol"], {}).get("ignore_options", [])
                 evaluation = Evaluation(
                     protocol=ev["protocol"],
                     dataset=map_name(dataset_map, ev["dataset"]),
-                    options=tuple(sorted((ev.get("options") or {}).items())),
+                    options=tuple(sorted((k, v) for k, v in (ev.get("options") or {}).items() if k not in ignored)),
                 )
                 cells.append(Cell(table_id, row, column, spec["metric"], runs, evaluation))
                 for run in runs:
@@ -315,4 +318,5 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
 
 def eval_spec(evaluation: Evaluation, scale: Mapping[str, Any]) -> dict[str, Any]:
     """The scale's protocol settings with the cell's evaluation options on top."""
-    return {**scale["evaluations"].get(evaluation.protocol, {}), **dict(evaluation.options)}
+    settings = {k: v for k, v in scale["evaluations"].get(evaluation.protocol, {}).items() if k != "ignore_options"}
+    return {**settings, **dict(evaluation.options)}
