@@ -271,14 +271,8 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     table = (root / "results" / "mini" / "tables" / "small.md").read_text()
     assert "paper 92.6" in table and "not implemented yet: method dino" in table
     calls = sbatch_calls(output)
-    assert {rule: len(rule_calls) for rule, rule_calls in calls.items()} == {
-        "prepare_dataset": 1,
-        "placeholder_not_implemented": 1,
-        "pretrain": 2,
-        "linear_probe": 2,
-        "aggregate_table": 1,
-        "tables_index": 1,
-    }, calls
+    assert {"prepare_dataset", "placeholder_not_implemented", "linear_probe", "aggregate_table", "tables_index"} <= set(calls), calls
+    assert len(calls["pretrain"]) == 2, calls  # BYOL and SimCLR, one seed
     for call in (call for rule_calls in calls.values() for call in rule_calls):
         # mini asks for gpu=0 everywhere: zero GPUs of the model, partition from the environment,
         # no account (SLURM_ACCOUNT unset and nothing to guess from here): nothing literal like $SLURM_*
@@ -334,14 +328,18 @@ def test_failing_job_is_reported_and_fails_the_run(slurm_cluster: Cluster, tmp_p
     broken.mkdir(parents=True)
     (broken / "meta.json").write_text("{ not json")
     profile = slurm_test_profile(root, retries=0)
-    target = "results/mini/pretrain/simclr/standard/tiny_mini_ep1/seed0/encoder.pt"
+    scale_path = root / "config" / "scales" / "mini.yaml"
+    scale = yaml.safe_load(scale_path.read_text())
+    scale["seeds"] = [0]
+    scale_path.write_text(yaml.safe_dump(scale))
     started = time.monotonic()
-    result = run_snakemake(root, profile, target, timeout=150)
+    result = run_snakemake(root, profile, "--until", "pretrain", "--", "all_tables", timeout=150)
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-4000:]  # not 0, and not killed by the timeout (124, 137, -9)
     assert re.search(r"Error in rule pretrain:\s+message: SLURM-job '\d+' failed, SLURM status is: 'FAILED'", output), errors(output)
-    assert not (root / target).exists()
+    assert len(sbatch_calls(output)["pretrain"]) == 2, output[-4000:]
+    assert not list((root / "results").rglob("encoder.pt"))
     print(f"\nfailing job through SLURM: reported in {seconds:.0f} s")
 
 

@@ -24,7 +24,6 @@ SCALE = WF.scale_name
 SCALE_CFG = WF.scale
 PLAN = WF.plan
 RESULTS = f"results/{SCALE}"
-THREADS = SCALE_CFG.get("threads", 0) or 1
 EVALUATIONS = {
     (cell.evaluation.protocol, cell.evaluation.eval_id): cell.evaluation
     for cells in PLAN.cells.values()
@@ -40,6 +39,16 @@ def resource(rule_name, key):
     if value is None:
         raise ValueError(f"resources.default.{key} missing in the {SCALE} scale config")
     return value
+
+
+def runtime_for(rule_name):
+    """Resource function: the rule's runtime, longer on each retry (attempt 2 gets twice it)."""
+
+    def runtime(wildcards, attempt):
+        return resource(rule_name, "runtime") * attempt
+
+    runtime.__name__ = f"{rule_name}_runtime"
+    return runtime
 
 
 def pretrain_gpus(wildcards):

@@ -13,7 +13,7 @@ rule prepare_dataset:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        runtime=resource("prepare_dataset", "runtime"),
+        runtime=runtime_for("prepare_dataset"),
         mem_mb=resource("prepare_dataset", "mem_mb"),
     params:
         arguments=prepare_arguments,

@@ -16,9 +16,9 @@ rule linear_probe:
         f"benchmarks/{SCALE}/eval/linear/{{evaluation}}/{{run}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("linear_probe", "cpus")
     resources:
-        runtime=resource("linear_probe", "runtime"),
+        runtime=runtime_for("linear_probe"),
         mem_mb=resource("linear_probe", "mem_mb"),
         gpu=resource("linear_probe", "gpu"),
     params:
@@ -44,9 +44,9 @@ rule knn:
         f"benchmarks/{SCALE}/eval/knn/{{evaluation}}/{{run}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("knn", "cpus")
     resources:
-        runtime=resource("knn", "runtime"),
+        runtime=runtime_for("knn"),
         mem_mb=resource("knn", "mem_mb"),
         gpu=resource("knn", "gpu"),
     params:
@@ -72,9 +72,9 @@ rule finetune:
         f"benchmarks/{SCALE}/eval/finetune/{{evaluation}}/{{run}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("finetune", "cpus")
     resources:
-        runtime=resource("finetune", "runtime"),
+        runtime=runtime_for("finetune"),
         mem_mb=resource("finetune", "mem_mb"),
         gpu=resource("finetune", "gpu"),
     params:
@@ -100,9 +100,9 @@ rule detection_transfer:
         f"benchmarks/{SCALE}/eval/detection/{{evaluation}}/{{run}}.tsv"
     conda:
         "../../envs/detection.yaml"
-    threads: THREADS
+    threads: resource("detection_transfer", "cpus")
     resources:
-        runtime=resource("detection_transfer", "runtime"),
+        runtime=runtime_for("detection_transfer"),
         mem_mb=resource("detection_transfer", "mem_mb"),
         gpu=resource("detection_transfer", "gpu"),
     params:
@@ -128,9 +128,9 @@ rule voc07_classification:
         f"benchmarks/{SCALE}/eval/voc07_cls/{{evaluation}}/{{run}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("voc07_classification", "cpus")
     resources:
-        runtime=resource("voc07_classification", "runtime"),
+        runtime=runtime_for("voc07_classification"),
         mem_mb=resource("voc07_classification", "mem_mb"),
         gpu=resource("voc07_classification", "gpu"),
     params:

@@ -14,9 +14,9 @@ rule precompute_style_features:
         f"benchmarks/{SCALE}/style_features/{{style_set}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("precompute_style_features", "cpus")
     resources:
-        runtime=resource("precompute_style_features", "runtime"),
+        runtime=runtime_for("precompute_style_features"),
         mem_mb=resource("precompute_style_features", "mem_mb"),
         gpu=resource("precompute_style_features", "gpu"),
     params:
@@ -41,9 +41,9 @@ rule precompute_generative_views:
         f"benchmarks/{SCALE}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}.tsv"
     conda:
         "../../envs/diffusers.yaml"
-    threads: THREADS
+    threads: resource("precompute_generative_views", "cpus")
     resources:
-        runtime=resource("precompute_generative_views", "runtime"),
+        runtime=runtime_for("precompute_generative_views"),
         mem_mb=resource("precompute_generative_views", "mem_mb"),
         gpu=resource("precompute_generative_views", "gpu"),
     params:

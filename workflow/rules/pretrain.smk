@@ -15,9 +15,9 @@ rule pretrain:
         f"benchmarks/{SCALE}/pretrain/{{run}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: THREADS
+    threads: resource("pretrain", "cpus")
     resources:
-        runtime=resource("pretrain", "runtime"),
+        runtime=runtime_for("pretrain"),
         mem_mb=resource("pretrain", "mem_mb"),
         gpu=pretrain_gpus,
     params:

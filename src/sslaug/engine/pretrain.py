@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given; >0 refuses to run on CPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads:  # the job's CPUs, shared by the torchrun processes on the node
+        torch.set_num_threads(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     try:
         if args.gpus > 0 and not torch.cuda.is_available():
             raise ValueError(
