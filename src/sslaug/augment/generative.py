@@ -60,14 +60,19 @@ class GeneratedViewBank:
         self.num_views = self.shards[0][2].shape[1]
 
     def lookup(self, indices: np.ndarray, view_index: np.ndarray) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]``: view ``view_index[i]`` of image ``indices[i]``."""
-        out = []
-        for i, k in zip(indices.tolist(), view_index.tolist()):
-            for start, end, views in self.shards:
-                if start <= i < end:
-                    out.append(views[i - start, k])
-                    break
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        """uint8 ``[B, 3, H, W]``: view ``view_index[i]`` of image ``indices[i]``.
+
+        One fancy-indexed read per shard touched, not one per image.
+        """
+        starts = np.array([start for start, _, _ in self.shards])
+        shard_of = np.searchsorted(starts, indices, side="right") - 1
+        size = self.shards[0][2].shape[2:]
+        out = np.empty((len(indices), *size), dtype=np.uint8)
+        for shard in np.unique(shard_of):
+            start, _, views = self.shards[shard]
+            rows = np.nonzero(shard_of == shard)[0]
+            out[rows] = views[indices[rows] - start, view_index[rows]]
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 class GenerativeAugment(nn.Module):
