@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Step time of CLSA-Single beside MoCo v2 on the mini shape (tiny convnet, 32 px, batch 128).
+"""Step time of an augmentation method beside its base method on the mini shape (tiny
+convnet, 32 px, batch 128): CLSA-Single vs MoCo v2 (``--pair clsa``, CLSA paper) or
+BYOL+MSR vs BYOL with aggressive views (``--pair msr``, MSR Table 7: "under 9% more").
 
-A benchmark, not a test: one run prints both step times and their ratio CLSA / MoCo v2.
+A benchmark, not a test: one run prints both step times and their ratio variant / base.
 
 Two timings, each interleaved A B A B ... in ``--rounds`` chunks after a warm-up of both:
 
@@ -49,6 +51,11 @@ from sslaug.models.backbones import build_backbone
 from sslaug.plan import PretrainRun, run_spec
 
 CLSA_SINGLE = (("crops", "single"), ("key", "weak"), ("loss", "ddm"), ("query", "weak"))
+#: pair -> (method, (base augmentation, options, label), (variant augmentation, options, label))
+PAIRS = {
+    "clsa": ("mocov2", ("standard", (), "MoCo v2"), ("clsa", CLSA_SINGLE, "CLSA-Single")),
+    "msr": ("byol", ("standard", (("recipe", "aggressive"),), "BYOL (AA)"), ("msr", (("beta_base", 0.4),), "BYOL+MSR")),
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -56,14 +63,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_side(augmentation: str, batch: int, device: torch.device, seed: int, total: int) -> dict[str, Any]:
+def make_side(
+    method_name: str, augmentation: str, options: tuple, batch: int, device: torch.device, seed: int, total: int
+) -> dict[str, Any]:
     scale = yaml.safe_load((ROOT / "config" / "scales" / "mini.yaml").read_text())
-    options = CLSA_SINGLE if augmentation == "clsa" else ()
-    spec = run_spec(PretrainRun("mocov2", augmentation, options, "tiny", "mini", 1, seed), "mini", scale)
+    spec = run_spec(PretrainRun(method_name, augmentation, options, "tiny", "mini", 1, seed), "mini", scale)
     train = spec["train"]
     torch.manual_seed(seed)
     backbone = build_backbone(spec["backbone"], image_size=spec["image_size"])
-    method = build_method("mocov2", backbone, spec["hparams"], augmentation, {**spec.get("strong", {}), **spec["options"]})
+    method = build_method(method_name, backbone, spec["hparams"], augmentation, {**spec.get("strong", {}), **spec["options"]})
     method = method.to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -109,6 +117,7 @@ def time_steps(step: Callable[[int], None], start: int, n: int, device: torch.de
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", choices=sorted(PAIRS), default="clsa")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--warmup", type=int, default=4)
@@ -123,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     total = args.warmup + args.steps + 1
-    sides = {name: make_side(name, args.batch_size, device, args.seed, total) for name in ("standard", "clsa")}
+    method_name, (base_aug, base_opts, base_label), (var_aug, var_opts, var_label) = PAIRS[args.pair]
+    sides = {
+        "base": make_side(method_name, base_aug, base_opts, args.batch_size, device, args.seed, total),
+        "variant": make_side(method_name, var_aug, var_opts, args.batch_size, device, args.seed, total),
+    }
     dev_desc = torch.cuda.get_device_name(device) if use_cuda else f"CPU ({os.cpu_count()} logical cores)"
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -149,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[name].append(time_steps(side[kind], start, n, device))
             start += n
         ms = {name: 1000 * sum(t) / args.steps for name, t in seconds.items()}
-        ratio = ms["clsa"] / ms["standard"]
-        per_round = [c / m for c, m in zip(seconds["clsa"], seconds["standard"])]
+        ratio = ms["variant"] / ms["base"]
+        per_round = [c / m for c, m in zip(seconds["variant"], seconds["base"])]
         median = statistics.median(per_round)
-        results[kind] = {"mocov2_ms": ms["standard"], "clsa_single_ms": ms["clsa"], "ratio": ratio,
-                         "ratio_median_round": median, "ratio_per_round": per_round, "rounds": chunks}
-        print(f"  {kind:5s} step: MoCo v2 {ms['standard']:7.1f} ms, CLSA-Single {ms['clsa']:7.1f} ms, "
-              f"ratio CLSA / MoCo v2 = {ratio:.2f} (median round {median:.2f}, "
+        results[kind] = {"base": base_label, "variant": var_label, "base_ms": ms["base"], "variant_ms": ms["variant"],
+                         "ratio": ratio, "ratio_median_round": median, "ratio_per_round": per_round, "rounds": chunks}
+        print(f"  {kind:5s} step: {base_label} {ms['base']:7.1f} ms, {var_label} {ms['variant']:7.1f} ms, "
+              f"ratio {var_label} / {base_label} = {ratio:.2f} (median round {median:.2f}, "
               f"range {min(per_round):.2f}-{max(per_round):.2f})", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
