@@ -281,6 +281,20 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     print(f"\nmini workflow through SLURM: {sum(map(len, calls.values()))} jobs in {seconds:.0f} s (cluster up in {slurm_cluster.startup_seconds:.1f} s)")
 
 
+def test_generative_shards_go_out_as_a_job_array(slurm_cluster: Cluster, tmp_path: Path) -> None:
+    """The unCLIP shards of one dataset are one sbatch --array submission; each shard finishes."""
+    root = small_workflow(tmp_path)
+    profile = slurm_test_profile(root)
+    shards = [f"results/mini/generative_views/unclip/mini/shard{i}/manifest.json" for i in range(2)]
+    result = run_snakemake(root, profile, *shards, timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{errors(output)}\n{slurm_cluster.logs()}"
+    assert all((root / shard).exists() for shard in shards)
+    calls = sbatch_calls(output)
+    array_calls = [c for c in output.splitlines() if "sbatch" in c and "--array" in c]
+    assert array_calls, f"no array submission: {calls}"
+
+
 GPU_SNAKEFILE = """
 rule all:
     input: "gpu.txt", "cpu.txt", "retried.txt"
