@@ -168,3 +168,16 @@ def test_missing_dataset_is_named(tmp_path: Path, caplog) -> None:
     missing = tmp_path / "nowhere"
     code = pretrain_main(["--spec", json.dumps(spec), "--data", str(missing), "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "e.pt")])
     assert code == 1 and f"{missing}/meta.json missing" in caplog.text
+
+
+def test_pretrain_runs_under_torchrun_with_two_cpu_processes(small_mini: Path, tmp_path: Path) -> None:
+    """The command the pretrain rule runs for a 2-GPU job, on CPU: DDP over gloo, one encoder."""
+    spec = spec_for("simclr", epochs=1, batch_size=32)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", *_pretrain_command(spec, small_mini, tmp_path)[1:]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "encoder.pt").exists() and (tmp_path / "checkpoint.pt").exists()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) > 1 and len(rows) == len(set(rows)), "one process writes the metrics"

@@ -62,6 +62,14 @@ def test_dry_run_names_placeholders() -> None:
     assert "no number reaches any table" in result.stdout
 
 
+def test_multi_gpu_pretrain_launches_torchrun_per_gpu() -> None:
+    """Paper-scale pretrain jobs ask for 8 GPUs and run one process per GPU."""
+    result = snakemake("-n", "-p", "all_tables", "--config", "scale=paper", "--until", "pretrain")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torchrun --standalone --nproc_per_node 8 -m sslaug.engine.pretrain" in result.stdout
+    assert "--gpus 8" in result.stdout
+
+
 def test_rulegraph_renders(tmp_path: Path) -> None:
     result = snakemake("--rulegraph", "--forceall", "all_tables")
     assert result.returncode == 0, result.stderr[-2000:]
