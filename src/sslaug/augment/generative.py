@@ -88,10 +88,15 @@ class GenerativeAugment(nn.Module):
         self.crop_pipeline = ViewPipeline(crop_only, size)
 
     def view_indices(self, epoch: int) -> torch.Tensor:
-        """The view index k of every image for ``epoch`` (redrawn each epoch, reproducibly)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n = sum(end - start for start, end, _ in self.bank.shards)
-        return torch.randint(self.bank.num_views, (n,), generator=generator)
+        """The view index k of every image for ``epoch`` (redrawn each epoch, reproducibly).
+
+        Drawn once per epoch and kept, not once per step: it covers the whole dataset.
+        """
+        if getattr(self, "_epoch_views", (None,))[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            n = sum(end - start for start, end, _ in self.bank.shards)
+            self._epoch_views = (epoch, torch.randint(self.bank.num_views, (n,), generator=generator))
+        return self._epoch_views[1]
 
     def applies_to(self, view_number: int) -> bool:
         return view_number == 0 or self.config.views == "both"
