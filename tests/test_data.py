@@ -459,7 +459,9 @@ def test_corrupt_images_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert no_leftovers(out.parent, {"tree"})
 
 
-def test_missing_paths_and_unprepared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_paths_and_unprepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nowhere"
     rc, err = run_prepare(
         capsys, "--dataset", "imagenet", "--source", "path", "--root", str(missing), "--out", str(tmp_path / "o")
@@ -467,6 +469,9 @@ def test_missing_paths_and_unprepared(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rc == 1 and str(missing) in err and not (tmp_path / "o").exists()
     rc, err = run_prepare(capsys, "--dataset", "imagenet", "--source", "download", "--out", str(tmp_path / "o"))
     assert rc == 1 and "image-net.org" in err and "--root" in err
+    # Every source has a preparer now; a spec without one still fails before any download.
+    spec = dataclasses.replace(sources.SOURCES["sun397"], preparer=None)
+    monkeypatch.setitem(sources.SOURCES, "sun397", spec)
     rc, err = run_prepare(capsys, "--dataset", "sun397", "--source", "download", "--out", str(tmp_path / "o"))
     assert rc == 1 and "sun397" in err and "not implemented" in err
     with pytest.raises(formats.DataError, match=r"dataset not prepared: .*meta.json missing; run rule prepare_dataset"):

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sslaug.methods.losses import barlow_twins_loss, info_nce_in_batch, nt_xent_loss
+from sslaug.methods.losses import barlow_twins_loss, info_nce_in_batch, nt_xent_loss, sinkhorn_knopp, updated_center
 from sslaug.methods.queue import KeyQueue
 
 WORLD = 2
@@ -50,6 +50,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         value = loss.detach().clone()
         dist.all_reduce(value)
         results[name] = {"loss": value / WORLD, "grad_a": za.grad, "grad_b": zb.grad}
+    # DINO's centre and DINOv2's Sinkhorn-Knopp normalise over the global batch.
+    results["sinkhorn"] = sinkhorn_knopp(a[local], 0.1)
+    results["center"] = updated_center(torch.zeros(1, D), a[local], 0.9)
     queue = KeyQueue(size=12, dim=D)
     queue.keys.zero_()
     queue.enqueue(a[local])
@@ -92,3 +95,13 @@ def test_queue_is_fed_with_the_gathered_keys_of_every_process(distributed_result
     for result in distributed_results:
         assert torch.allclose(result["queue"]["keys"], single.keys, atol=1e-6)
         assert int(result["queue"]["pointer"]) == int(single.pointer) == N
+
+
+def test_dino_centre_and_sinkhorn_knopp_use_the_global_batch(distributed_results: list[dict]) -> None:
+    a, _ = global_batch()
+    targets = sinkhorn_knopp(a, 0.1)
+    center = updated_center(torch.zeros(1, D), a, 0.9)
+    for rank, result in enumerate(distributed_results):
+        local = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
+        assert torch.allclose(result["sinkhorn"], targets[local], atol=1e-5), f"Sinkhorn-Knopp rows on rank {rank}"
+        assert torch.allclose(result["center"], center, atol=1e-6), f"centre on rank {rank}"

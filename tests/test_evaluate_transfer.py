@@ -396,11 +396,13 @@ def test_resnet_encoder_stages_load_strictly(tmp_path: Path) -> None:
         load_encoder(path)
 
 
-def test_vit_detection_not_implemented() -> None:
+def test_stage_features_refers_vits_to_the_pyramid() -> None:
+    """ViTs have no stages: StageFeatures names ViTDet's pyramid (tests/test_detection_vit.py tests it)."""
+
     class FakeViT(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.patch_embed = nn.Identity()
 
-    with pytest.raises(NotImplementedError, match="ViT"):
+    with pytest.raises(TypeError, match="ViTSimpleFeaturePyramid"):
         StageFeatures(FakeViT())

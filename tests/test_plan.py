@@ -65,12 +65,17 @@ def test_run_ids_are_readable() -> None:
 def test_mini_maps_everything_to_generated_data() -> None:
     plan = build_plan(TABLES, "mini", scale("mini"))
     assert {r.dataset for r in plan.runs.values()} == {"mini"}
-    assert {r.backbone for r in plan.runs.values()} == {"tiny"}
+    # The tiny convnet, and a mini ViT for DINOv2, which masks patch tokens.
+    assert {r.backbone for r in plan.runs.values() if r.method != "dinov2"} == {"tiny"}
+    assert {r.backbone for r in plan.runs.values() if r.method == "dinov2"} == {"vit_mini"}
 
 
 def test_cifar_stem_follows_the_dataset() -> None:
     plan = build_plan(TABLES, "cifar", scale("cifar"))
-    assert {r.backbone for r in plan.runs.values() if r.dataset.startswith("cifar")} == {"resnet18_cifar"}
+    # 32 px inputs: the ResNet's 3x3 stem; DINOv2's ViT gets 4 px patches.
+    backbones = {r.backbone for r in plan.runs.values() if r.dataset.startswith("cifar")}
+    assert backbones == {"resnet18_cifar", "vit_small_cifar"}
+    assert {r.backbone for r in plan.runs.values() if r.method == "dinov2"} == {"vit_small_cifar"}
 
 
 def test_method_overrides_apply_in_order() -> None:

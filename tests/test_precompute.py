@@ -247,11 +247,10 @@ def test_verify_shard_detects_corruption(view_data: Path, tmp_path: Path) -> Non
         gv.verify_shard(out)
 
 
-def test_icgan_is_not_faked(view_data: Path, tmp_path: Path, capsys) -> None:
+def test_icgan_without_its_code_is_not_faked(view_data: Path, tmp_path: Path, capsys) -> None:
+    """Real ICGAN weights without the user's ic_gan checkout: a clear error, no file (tests/test_icgan_views.py)."""
     out = tmp_path / "icgan"
-    config = gv.ViewConfig(generator="icgan", views=2, image_size=32)
-    with pytest.raises(NotImplementedError, match="ICGAN runs in its own environment"):
-        gv.generate_shard(view_data, "train", config, 0, 1, out)
-    assert gv.main(_args(view_data, out)[:4] + ["--generator", "icgan", "--out", str(out)]) == 3
-    assert "not yet available" in capsys.readouterr().err
+    args = _args(view_data, out)[:4] + ["--generator", "icgan", "--model", str(tmp_path / "weights"), "--out", str(out)]
+    assert gv.main(args) == 2
+    assert "generative.icgan.code" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "icgan.partial").exists()

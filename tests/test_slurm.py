@@ -269,7 +269,7 @@ def test_mini_workflow_runs_through_sbatch(slurm_cluster: Cluster, tmp_path: Pat
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{errors(output)}\n{slurm_cluster.logs()}"
     table = (root / "results" / "mini" / "tables" / "small.md").read_text()
-    assert "paper 92.6" in table and "not implemented yet: method dino" in table
+    assert "paper 92.6" in table and "not implemented yet: option multicrop" in table
     calls = sbatch_calls(output)
     assert {"prepare_dataset", "placeholder_not_implemented", "linear_probe", "aggregate_table", "tables_index"} <= set(calls), calls
     assert len(calls["pretrain"]) == 2, calls  # BYOL and SimCLR, one seed

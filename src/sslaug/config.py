@@ -81,6 +81,7 @@ def load_workflow_config(config: Mapping[str, Any], root: Path, schemas: Path) -
         raise ConfigError(f"{config['tables']}: {err}") from err
     _cross_check(plan, scale, str(config["scales"][scale_name]))
     _check_paper_values(paper_values, tables["tables"])
+    _check_figures(tables["tables"], str(config["tables"]))
     return WorkflowConfig(scale_name, scale, tables["tables"], paper_values, plan)
 
 
@@ -104,6 +105,19 @@ def _cross_check(plan: Plan, scale: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: datasets: style set {run.style_source!r} is not declared")
         if "image_size" not in scale["datasets"][run.dataset]:
             raise ConfigError(f"{source}: datasets.{run.dataset}: image_size missing (pretraining uses it)")
+
+
+def _check_figures(tables: Mapping[str, Any], source: str) -> None:
+    """Every sweep figure names rows and columns its table has (before any job runs)."""
+    from sslaug.tables.plot import FigureError, layout
+
+    for table_id, table in tables.items():
+        if table.get("figure"):
+            spec = {"table": table_id, "rows": list(table["rows"]), "columns": list(table["columns"])}
+            try:
+                layout({**spec, "figure": table["figure"]})
+            except FigureError as err:
+                raise ConfigError(f"{source}: {err}") from err
 
 
 def _check_paper_values(path: Path, tables: Mapping[str, Any]) -> None:

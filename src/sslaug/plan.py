@@ -10,13 +10,15 @@ run shared by several tables trains once and editing one table renames nothing e
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 #: What the engine implements so far; anything else becomes a clearly named placeholder.
-IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins"})
+IMPLEMENTED_METHODS = frozenset({"simclr", "byol", "mocov2", "mocov3", "simsiam", "barlowtwins", "dino", "dinov2"})
 IMPLEMENTED_AUGMENTATIONS = frozenset({"standard", "sassl", "generative", "clsa", "rescue", "msr"})
-IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "voc07_cls", "training_time"})
+IMPLEMENTED_PROTOCOLS = frozenset({"linear", "knn", "finetune", "detection", "voc07_cls", "training_time", "cka_opd"})
 #: Options each implemented augmentation understands so far; others are gaps.
 IMPLEMENTED_OPTIONS = {
     "standard": frozenset({"recipe", "fix_pred_lr"}),
@@ -34,23 +36,20 @@ OPTION_DEFAULTS = {
     "generative": {"generator": "unclip", "p": 1.0, "views": "one", "strategy": "generative_standard"},
     "msr": {"beta_schedule": "cosine", "fix_pred_lr": False},
 }
-#: Option values whose implementation lands later (ICGAN needs its own environment).
-PENDING_OPTION_VALUES = {("generator", "icgan"): "#5"}
+#: Option values whose implementation lands later (none now: ICGAN runs from the user's ic_gan checkout).
+PENDING_OPTION_VALUES: dict[tuple[str, str], str] = {}
 #: Where each missing piece lands (shown in the dry run and in the tables).
 PENDING_ISSUE = {
     "mocov2": "#3",
     "mocov3": "#3",
     "simsiam": "#3",
     "barlowtwins": "#3",
-    "dino": "#3",
-    "dinov2": "#3",
     "sassl": "#5",
     "generative": "#5",
     "rescue": "#4",
     "msr": "#4",
     "clsa": "#4",
     "voc07_cls": "#6",
-    "cka_opd": "#6",
     "fix_pred_lr": "#3",
     "icgan": "#5",
 }
@@ -60,6 +59,16 @@ DATASET_OPTIONS = ("style_source",)
 NOT_DATASETS = frozenset({"in_batch"})
 #: Protocols whose number comes from pretraining itself, not from an evaluation job.
 PRETRAIN_PROTOCOLS = frozenset({"training_time"})
+#: Protocols that compare two encoders (002 Table 2). The cell's options name them:
+#: ``encoder_a`` = ``<method>_seed<i>``, the cell's pretraining run at the i-th of the scale's
+#: ``evaluations.<protocol>.encoder_seeds`` (default: its ``seeds``), becomes the cell's one run;
+#: ``encoder_b`` = another such run or a pretrained reference encoder (``clip``) stays an option.
+ENCODER_PAIR_PROTOCOLS = frozenset({"cka_opd"})
+REFERENCE_ENCODERS = frozenset({"clip"})
+ENCODER_OPTIONS = ("encoder_a", "encoder_b")
+#: Scale evaluation settings the plan consumes itself (never passed to an entry point).
+PLAN_SETTINGS = ("ignore_options", "encoder_seeds")
+_ENCODER_NAME = re.compile(r"(?P<method>[a-z0-9]+)_seed(?P<index>[1-9][0-9]*)")
 
 
 class PlanError(ValueError):
@@ -176,7 +185,8 @@ def gap_reason(gap_id: str) -> str:
     parts = []
     for gap in gap_id.split("+"):
         kind, _, name = gap.partition("-")
-        parts.append(f"{kind} {name} (issue {PENDING_ISSUE.get(name, '?')})")
+        issue = PENDING_ISSUE.get(name)
+        parts.append(f"{kind} {name} (issue {issue})" if issue else f"{kind} {name}")
     return "not implemented yet: " + "; ".join(parts)
 
 
@@ -247,8 +257,8 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                 epochs = map_name(epochs_map, pre["epochs"])
                 dataset = map_name(dataset_map, pre["dataset"])
                 backbone = map_name(backbone_map, pre["backbone"])
-                if scale.get("datasets", {}).get(dataset, {}).get("cifar_stem") and backbone.startswith("resnet"):
-                    backbone += "_cifar"  # 32-64 px inputs: 3x3 stem, no max-pool
+                if scale.get("datasets", {}).get(dataset, {}).get("cifar_stem") and backbone.startswith(("resnet", "vit")):
+                    backbone += "_cifar"  # 32-64 px inputs: 3x3 stem, no max-pool (ResNets); 4 px patches (ViTs)
                 runs = [
                     PretrainRun(
                         method=pre["method"],
@@ -269,11 +279,68 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     dataset=map_name(dataset_map, ev["dataset"]),
                     options=tuple(sorted((k, v) for k, v in (ev.get("options") or {}).items() if k not in ignored)),
                 )
+                if evaluation.protocol in ENCODER_PAIR_PROTOCOLS:
+                    runs, evaluation = _encoder_pair_cell(runs[0], evaluation, scale, where)
+                    partner = partner_run(runs[0], evaluation, scale)
+                    if partner is not None:  # trained like any run (mini trains its one extra seed here)
+                        plan.runs[partner.run_id] = partner
                 cells.append(Cell(table_id, row, column, spec["metric"], runs, evaluation))
                 for run in runs:
                     plan.runs[run.run_id] = run
         plan.cells[table_id] = cells
     return plan
+
+
+def encoder_seeds(protocol: str, scale: Mapping[str, Any]) -> list[int]:
+    """Seeds that ``<method>_seed1``, ``_seed2``, ... of a pair protocol name (1-based)."""
+    return [int(s) for s in scale.get("evaluations", {}).get(protocol, {}).get("encoder_seeds", scale["seeds"])]
+
+
+def named_encoder_run(name: Any, run: PretrainRun, seeds: Sequence[int], where: str) -> PretrainRun:
+    """``<method>_seed<i>`` -> ``run`` at the i-th of ``seeds`` (different initialisation, same recipe)."""
+    match = _ENCODER_NAME.fullmatch(str(name))
+    if match is None or match["method"] != run.method:
+        raise PlanError(
+            f"{where}: encoder {name!r} is neither one of {sorted(REFERENCE_ENCODERS)} nor '{run.method}_seed<i>'"
+        )
+    index = int(match["index"])
+    if index > len(seeds):
+        raise PlanError(
+            f"{where}: encoder {name!r} needs {index} seeds, the scale has {list(seeds)} "
+            "(evaluations.<protocol>.encoder_seeds, else seeds)"
+        )
+    return dataclasses.replace(run, seed=int(seeds[index - 1]))
+
+
+def partner_run(run: PretrainRun, evaluation: Evaluation, scale: Mapping[str, Any]) -> PretrainRun | None:
+    """The second encoder of a pair evaluation of ``run``: a pretraining run, or None for a reference (CLIP)."""
+    where = f"evaluation {evaluation.protocol}/{evaluation.eval_id} of {run.run_id}"
+    name = dict(evaluation.options).get("encoder_b")
+    if name is None:
+        raise PlanError(f"{where}: option encoder_b missing")
+    if name in REFERENCE_ENCODERS:
+        return None
+    partner = named_encoder_run(name, run, encoder_seeds(evaluation.protocol, scale), where)
+    if partner == run:
+        raise PlanError(f"{where}: encoder_b {name!r} is the run itself")
+    return partner
+
+
+def _encoder_pair_cell(
+    run: PretrainRun, evaluation: Evaluation, scale: Mapping[str, Any], where: str
+) -> tuple[list[PretrainRun], Evaluation]:
+    """A pair cell's one run (``encoder_a``) and its evaluation, which keeps ``encoder_b`` only.
+
+    Its error bar is the protocol's own (bootstrap interval), not a spread over seeds.
+    """
+    options = dict(evaluation.options)
+    if any(key not in options for key in ENCODER_OPTIONS):
+        raise PlanError(f"{where} evaluation: protocol {evaluation.protocol} needs options {list(ENCODER_OPTIONS)}")
+    name_a = options.pop("encoder_a")
+    if name_a in REFERENCE_ENCODERS:
+        raise PlanError(f"{where}: encoder_a must be a pretraining run ('{run.method}_seed<i>'); put {name_a!r} in encoder_b")
+    run_a = named_encoder_run(name_a, run, encoder_seeds(evaluation.protocol, scale), where)
+    return [run_a], Evaluation(evaluation.protocol, evaluation.dataset, tuple(sorted(options.items())))
 
 
 def _without_defaults(augmentation: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,7 +359,7 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
     ``overrides`` entry (``when``: run fields such as dataset or backbone) applied in order.
     """
     method = scale["methods"][run.method]
-    settings = {key: dict(method.get(key, {})) for key in ("train", "hparams", "views")}
+    settings = {key: dict(method.get(key, {})) for key in ("train", "hparams", "views", "multicrop", "backbone_kwargs")}
     for override in method.get("overrides", []):
         if _matches(override["when"], run):
             settings = {key: {**settings[key], **override.get(key, {})} for key in settings}
@@ -309,7 +376,7 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
         "epochs": run.epochs,
         "seed": run.seed,
         "image_size": scale["datasets"][run.dataset]["image_size"],
-        **settings,
+        **{key: value for key, value in settings.items() if value or key in ("train", "hparams", "views")},
         **({"stylizer": scale["stylizer"]} if run.augmentation == "sassl" else {}),
         # CLSA / Rescue: the scale's strong-augmentation settings (config/scales/*.yaml: strong).
         **({"strong": scale["strong"][run.augmentation]} if run.augmentation in scale.get("strong", {}) else {}),
@@ -318,5 +385,7 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
 
 def eval_spec(evaluation: Evaluation, scale: Mapping[str, Any]) -> dict[str, Any]:
     """The scale's protocol settings with the cell's evaluation options on top."""
-    settings = {k: v for k, v in scale["evaluations"].get(evaluation.protocol, {}).items() if k != "ignore_options"}
-    return {**settings, **dict(evaluation.options)}
+    settings = {k: v for k, v in scale["evaluations"].get(evaluation.protocol, {}).items() if k not in PLAN_SETTINGS}
+    # A pair protocol's encoders are the rule's inputs, not settings of its entry point.
+    options = {k: v for k, v in evaluation.options if k not in ENCODER_OPTIONS}
+    return {**settings, **options}

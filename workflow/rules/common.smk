@@ -15,6 +15,7 @@ from sslaug.plan import (
     Evaluation,
     eval_spec,
     gap_reason,
+    partner_run,
     run_spec,
 )  # noqa: E402
 
@@ -106,6 +107,8 @@ def pretrain_inputs(wildcards):
     inputs = {"data": dataset_dir(run.dataset)}
     if run.style_source:
         inputs["style_features"] = f"{RESULTS}/style_features/{run.style_source}.pt"
+    if run.augmentation == "sassl":  # the stylizer runs inside pretraining too
+        inputs["stylizer"] = stylizer_weights_input(wildcards)
     if run.generator:
         shards = SCALE_CFG["generative"]["num_shards"]
         inputs["generative_views"] = [
@@ -149,6 +152,19 @@ def stylizer_config(wildcards):
     return json.dumps(SCALE_CFG["stylizer"].get("config", {}), sort_keys=True)
 
 
+def stylizer_weights_input(wildcards):
+    """Input function: the converted stylizer weights (none for mini's random stylizer)."""
+    weights = SCALE_CFG.get("stylizer", {}).get("weights", "random")
+    return [] if weights == "random" else [weights]
+
+
+def magenta_checkpoint(wildcards):
+    """Params function: `stylizer.magenta_checkpoint`, else the released Magenta archive."""
+    from sslaug.augment.stylizer_convert import MAGENTA_URL
+
+    return SCALE_CFG.get("stylizer", {}).get("magenta_checkpoint", MAGENTA_URL)
+
+
 def generative_setting(key):
     """Params function: one generative-views setting of the scale."""
 
@@ -167,6 +183,28 @@ def generator_model(wildcards):
             f"generative.models has no model for {wildcards.generator!r} at scale {SCALE}"
         )
     return models[wildcards.generator]
+
+
+def generator_env(wildcards):
+    """Conda env of a generator: ICGAN (CC-BY-NC code from the user's checkout) has its own."""
+    name = "icgan" if wildcards.generator == "icgan" else "diffusers"
+    return str(ROOT / "envs" / f"{name}.yaml")
+
+
+def icgan_arguments(wildcards):
+    """Params function: the ic_gan checkout, its pinned commit, SwAV weights and truncation."""
+    icgan = SCALE_CFG["generative"].get("icgan", {})
+    if wildcards.generator != "icgan" or not icgan:
+        return ""
+    args = [f"--truncation {icgan.get('truncation', 0.7)}"]
+    for key, flag in (
+        ("code", "--icgan-code"),
+        ("commit", "--icgan-commit"),
+        ("swav", "--swav"),
+    ):
+        if icgan.get(key):
+            args.append(f"{flag} {icgan[key]}")
+    return " ".join(args)
 
 
 def generated_image_size(wildcards):
@@ -238,6 +276,27 @@ def run_seed(wildcards):
     return run_of(wildcards).seed
 
 
+def similarity_partner(wildcards):
+    """Encoder B of a CKA/OPD evaluation of this run: a pretraining run, or None (CLIP)."""
+    return partner_run(
+        run_of(wildcards), evaluation_of("cka_opd", wildcards), SCALE_CFG
+    )
+
+
+def similarity_inputs(wildcards):
+    """The run's encoder, the dataset and, when encoder B is a pretraining run, its encoder."""
+    inputs = {"encoder": encoder_of(wildcards), "data": eval_data("cka_opd")(wildcards)}
+    partner = similarity_partner(wildcards)
+    if partner is not None:
+        inputs["encoder_b"] = f"{RESULTS}/pretrain/{partner.run_id}/encoder.pt"
+    return inputs
+
+
+def similarity_encoder_b(wildcards):
+    """`--encoder-b` of sslaug.evaluate.similarity: the partner's encoder.pt, or `clip`."""
+    return similarity_inputs(wildcards).get("encoder_b", "clip")
+
+
 # ---------------------------------------------------------------- placeholders
 def placeholder_reason(wildcards):
     return gap_reason(wildcards.gap)
@@ -293,7 +352,38 @@ def table_plan(wildcards):
     return json.dumps(plan, sort_keys=True)
 
 
-def all_table_files():
-    return [f"{RESULTS}/tables/{table}.md" for table in PLAN.tables] + [
-        f"{RESULTS}/tables/README.md"
+def sweep_figure(wildcards):
+    """A sweep table's figure spec with its rows and columns, for sslaug.tables.plot (JSON)."""
+    table = PLAN.tables.get(wildcards.table)
+    if table is None or not table.get("figure"):
+        raise ValueError(
+            f"table {wildcards.table!r} declares no figure in config/tables.yaml"
+        )
+    spec = {
+        "table": wildcards.table,
+        "scale": SCALE,
+        "source": table["source"],
+        "caption": table["caption"],
+        "metric": table.get("metric", ""),
+        "rows": list(table["rows"]),
+        "columns": list(table["columns"]),
+        "figure": table["figure"],
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def sweep_figure_files():
+    """The plot of every table that config/tables.yaml declares a sweep figure."""
+    return [
+        f"{RESULTS}/figures/{table}.svg"
+        for table, spec in PLAN.tables.items()
+        if spec.get("figure")
     ]
+
+
+def all_table_files():
+    return (
+        [f"{RESULTS}/tables/{table}.md" for table in PLAN.tables]
+        + [f"{RESULTS}/tables/README.md"]
+        + sweep_figure_files()
+    )

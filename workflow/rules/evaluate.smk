@@ -1,7 +1,7 @@
 # Stage 4: evaluate pretrained encoders — linear probe and kNN on frozen features,
-# full fine-tuning, detection transfer — and the placeholder for cells whose method
-# or protocol lands in a later issue (it writes a "not implemented" status, never a
-# number).
+# full fine-tuning, detection transfer, CKA/OPD dissimilarity of two encoders — and
+# the placeholder for cells whose method or protocol lands in a later issue (it writes
+# a "not implemented" status, never a number).
 
 
 rule linear_probe:
@@ -142,6 +142,33 @@ rule voc07_classification:
         "python -m sslaug.evaluate.voc07 --encoder {input.encoder} --data {input.data} "
         "--train-split {params.train_split} --test-split {params.test_split} "
         "--spec {params.spec:q} --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule representation_similarity:
+    input:
+        unpack(similarity_inputs),
+    output:
+        f"{RESULTS}/eval/cka_opd/{{evaluation}}/{{run}}/metrics.json",
+    log:
+        f"logs/{SCALE}/eval/cka_opd/{{evaluation}}/{{run}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/eval/cka_opd/{{evaluation}}/{{run}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: resource("representation_similarity", "cpus")
+    resources:
+        runtime=runtime_for("representation_similarity"),
+        mem_mb=resource("representation_similarity", "mem_mb"),
+        gpu=resource("representation_similarity", "gpu"),
+    params:
+        encoder_b=similarity_encoder_b,
+        spec=eval_settings("cka_opd"),
+        seed=run_seed,
+        split=eval_split("cka_opd", "test"),
+    shell:
+        "python -m sslaug.evaluate.similarity --encoder {input.encoder} --encoder-b {params.encoder_b} "
+        "--data {input.data} --test-split {params.split} --spec {params.spec:q} --seed {params.seed} "
+        "--threads {threads} --out {output} > {log} 2>&1"
 
 
 rule placeholder_not_implemented:

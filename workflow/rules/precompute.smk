@@ -1,11 +1,34 @@
-# Stage 2: precompute what augmentations need before pretraining: SASSL's style
-# embeddings of an external style set, and generative views (unCLIP) of a dataset,
+# Stage 2: precompute what augmentations need before pretraining: SASSL's stylizer
+# weights (Magenta's released checkpoint, converted; cifar/paper only) and style
+# embeddings of an external style set, and generative views (unCLIP, ICGAN) of a dataset,
 # sharded so a cluster runs shards in parallel and a failed shard reruns alone.
+
+
+rule convert_stylizer_weights:
+    output:
+        "resources/stylizer/{weights_name}.pt",
+    log:
+        f"logs/{SCALE}/stylizer/{{weights_name}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/stylizer/{{weights_name}}.tsv"
+    conda:
+        "../../envs/magenta_convert.yaml"
+    threads: resource("convert_stylizer_weights", "cpus")
+    resources:
+        runtime=runtime_for("convert_stylizer_weights"),
+        mem_mb=resource("convert_stylizer_weights", "mem_mb"),
+        gpu=resource("convert_stylizer_weights", "gpu"),
+    params:
+        checkpoint=magenta_checkpoint,
+    shell:
+        "python -m sslaug.augment.stylizer_convert --checkpoint {params.checkpoint:q} "
+        "--download-dir data/_downloads/magenta --out {output} > {log} 2>&1"
 
 
 rule precompute_style_features:
     input:
         styles="data/{style_set}",
+        stylizer=stylizer_weights_input,
     output:
         f"{RESULTS}/style_features/{{style_set}}.pt",
     log:
@@ -40,7 +63,7 @@ rule precompute_generative_views:
     benchmark:
         f"benchmarks/{SCALE}/generative_views/{{generator}}/{{dataset}}/shard{{shard}}.tsv"
     conda:
-        "../../envs/diffusers.yaml"
+        generator_env
     threads: resource("precompute_generative_views", "cpus")
     resources:
         runtime=runtime_for("precompute_generative_views"),
@@ -54,8 +77,9 @@ rule precompute_generative_views:
         steps=generative_setting("steps"),
         image_size=generated_image_size,
         shard_dir=shard_dir,
+        icgan=icgan_arguments,
     shell:
         "python -m sslaug.augment.generative_views --data {input.data} --split train "
         "--generator {wildcards.generator} --model {params.model} --views {params.views} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --batch-size {params.batch_size} --steps {params.steps} "
-        "--image-size {params.image_size} --threads {threads} --out {params.shard_dir} > {log} 2>&1"
+        "--image-size {params.image_size} --threads {threads} {params.icgan} --out {params.shard_dir} > {log} 2>&1"

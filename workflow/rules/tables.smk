@@ -1,5 +1,6 @@
 # Stage 5: aggregate each paper table (reproduced mean +- std over seeds beside the
-# paper's value and the difference) as CSV + Markdown, and an index of all tables.
+# paper's value and the difference) as CSV + Markdown, an index of all tables, and a
+# plot of each table that is a sweep figure in the paper (config/tables.yaml: figure).
 
 
 rule aggregate_table:
@@ -28,6 +29,31 @@ rule aggregate_table:
     shell:
         "python -m sslaug.tables.aggregate --plan {params.plan:q} --paper-values {input.paper_values} "
         "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
+rule plot_sweep:
+    input:
+        f"{RESULTS}/tables/{{table}}.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/{{table}}.svg",
+            caption="../report/sweep.rst",
+            category="Sweep figures",
+        ),
+    log:
+        f"logs/{SCALE}/figures/{{table}}.log",
+    benchmark:
+        f"benchmarks/{SCALE}/figures/{{table}}.tsv"
+    conda:
+        "../../envs/tables.yaml"
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=500,
+    params:
+        figure=sweep_figure,
+    shell:
+        "python -m sslaug.tables.plot --csv {input} --figure {params.figure:q} --out {output} > {log} 2>&1"
 
 
 rule tables_index:

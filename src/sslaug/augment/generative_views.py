@@ -28,7 +28,9 @@ their hashes in ``progress.json``; a rerun reuses them and generates only the re
 ``SHARD_DIR`` appears atomically once complete; the work directory is then removed.
 
 ``--model tiny-random`` assembles a tiny unCLIP pipeline with random weights from
-configs (no download), for tests and the mini scale. ICGAN is not available here.
+configs (no download), for tests and the mini scale. ``--generator icgan`` generates with
+ICGAN (:mod:`sslaug.augment.icgan_views`: the user's ic_gan checkout and weights, or
+``tiny-random``) into the same shard format.
 """
 
 from __future__ import annotations
@@ -61,11 +63,6 @@ TINY_RANDOM = "tiny-random"
 VIEWS_FILE = "views.npy"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
-ICGAN_MESSAGE = (
-    "ICGAN runs in its own environment (icgan_biggan_imagenet_res256 conditioned on SwAV "
-    "features, older PyTorch), see the ICGAN environment issue in the project tracker; "
-    "not yet available. No views were written: ICGAN views are never faked."
-)
 
 # Tiny pipeline sizes: small enough for 2 denoising steps at 64 px in ~0.1 s on a CPU.
 _TINY_DIM = 32
@@ -149,6 +146,36 @@ def _paper_scheduler(scheduler_config: Any) -> Any:
     return DDIMScheduler.from_config(scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
+def _tiny_clip_image_encoder() -> Any:
+    """The tiny random-weight ``CLIPVisionModelWithProjection`` of the tiny pipeline (from torch's current RNG)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=_TINY_DIM, projection_dim=_TINY_DIM, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, image_size=32, patch_size=4,
+        )
+    )  # fmt: skip
+
+
+def _tiny_clip_processor() -> Any:
+    """The tiny pipeline's CLIP image processor: 32 px resize and centre crop, CLIP's mean/std."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def build_tiny_clip_image_encoder(seed: int = 0) -> tuple[Any, Any]:
+    """``(image_encoder, image_processor)`` of :func:`build_tiny_unclip_pipeline` with the same ``seed``.
+
+    The same weights as the tiny pipeline's conditioning encoder, without importing diffusers
+    (the mini scale's "CLIP" of the representation-similarity table, 002 Table 2).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _tiny_clip_image_encoder(), _tiny_clip_processor()
+
+
 def build_tiny_unclip_pipeline(seed: int = 0) -> Any:
     """A tiny ``StableUnCLIPImg2ImgPipeline`` with random weights, built offline from configs.
 
@@ -157,17 +184,11 @@ def build_tiny_unclip_pipeline(seed: int = 0) -> Any:
     """
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     dim = _TINY_DIM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        image_encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=dim, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=37, image_size=32, patch_size=4,
-            )
-        )  # fmt: skip
+        image_encoder = _tiny_clip_image_encoder()  # first: same weights as build_tiny_clip_image_encoder(seed)
         unet = UNet2DConditionModel(
             sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -187,7 +208,7 @@ def build_tiny_unclip_pipeline(seed: int = 0) -> Any:
         prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
     )  # fmt: skip
     pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        feature_extractor=_tiny_clip_processor(),
         image_encoder=image_encoder,
         image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=dim),
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
@@ -289,10 +310,12 @@ class UnclipViewGenerator:
         return out
 
 
-def make_generator(config: ViewConfig, device: torch.device, batch_size: int) -> UnclipViewGenerator:
-    """The view generator for ``config.generator``; ICGAN raises :class:`NotImplementedError`."""
+def make_generator(config: ViewConfig, device: torch.device, batch_size: int, icgan: Any = None) -> Any:
+    """The view generator for ``config.generator`` (ICGAN: :mod:`sslaug.augment.icgan_views`, ``icgan`` its settings)."""
     if config.generator == "icgan":
-        raise NotImplementedError(ICGAN_MESSAGE)
+        from sslaug.augment.icgan_views import IcganViewGenerator
+
+        return IcganViewGenerator(config, device, batch_size, icgan)
     if config.generator != "unclip":
         raise ValueError(f"unknown generator {config.generator!r}; choose from {GENERATORS}")
     return UnclipViewGenerator(config, device, batch_size)
@@ -379,6 +402,7 @@ def generate_shard(
     work_dir: str | os.PathLike | None = None,
     device: str = "auto",
     on_chunk_done: Callable[[int, int], None] | None = None,
+    icgan: Any = None,
 ) -> dict[str, Any]:
     """Generate (or resume) one shard; see the module docstring for the layout.
 
@@ -388,6 +412,7 @@ def generate_shard(
         work_dir: chunk directory; default ``<out_dir>.partial``.
         on_chunk_done: called with ``(start, end)`` after each newly written chunk
             (progress reporting; tests use it to simulate an interruption).
+        icgan: :class:`~sslaug.augment.icgan_views.IcganSettings` (ICGAN only; part of the fingerprint).
 
     Returns:
         ``{"manifest": ..., "generated": [chunk starts], "reused": [chunk starts]}``.
@@ -395,13 +420,18 @@ def generate_shard(
     if config.generator not in GENERATORS:
         raise ValueError(f"unknown generator {config.generator!r}; choose from {GENERATORS}")
     if config.generator == "icgan":  # fail before touching any file
-        raise NotImplementedError(ICGAN_MESSAGE)
+        from sslaug.augment.icgan_views import IcganSettings, check_icgan_inputs
+
+        icgan = icgan or IcganSettings()
+        check_icgan_inputs(config.model, icgan)
     if chunk_size < 1 or batch_size < 1 or config.views < 1:
         raise ValueError("chunk_size, batch_size and views must be >= 1")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     dataset = open_classification(data_dir, split, image_size=config.image_size)
     start, end = shard_range(len(dataset), shard, num_shards)
     fingerprint = _fingerprint(config, data_dir, split, shard, num_shards, (start, end), chunk_size)
+    if icgan is not None:
+        fingerprint["icgan"] = icgan.to_dict()
     if out_dir.is_dir():
         try:
             manifest = verify_shard(out_dir)
@@ -422,7 +452,7 @@ def generate_shard(
             reused.append(a)
             continue
         if generator is None:
-            generator = make_generator(config, resolve_device(device), batch_size)
+            generator = make_generator(config, resolve_device(device), batch_size, icgan)
             progress["generator"] = generator.describe()  # saved with the chunk record below
         t0 = time.perf_counter()
         images = torch.stack([dataset[i][0] for i in range(a, b)])
@@ -497,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="prepared dataset directory (array or imagefolder format)")
     p.add_argument("--split", default="train")
     p.add_argument("--generator", choices=GENERATORS, default="unclip")
-    p.add_argument("--model", default=TINY_RANDOM, help="unCLIP model directory or 'tiny-random'")
+    p.add_argument("--model", default=TINY_RANDOM, help="unCLIP model / ICGAN experiment directory or 'tiny-random'")
+    p.add_argument("--icgan-code", help="ICGAN: facebookresearch/ic_gan checkout (CC-BY-NC)")
+    p.add_argument("--icgan-commit", help="ICGAN: the commit the checkout must be at")
+    p.add_argument("--swav", help="ICGAN: SwAV ResNet-50 weights (swav_pretrained.pth.tar)")
+    p.add_argument("--truncation", type=float, default=0.7, help="ICGAN noise truncation (authors: 0.7)")
     p.add_argument("--views", type=int, default=10)
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -532,9 +566,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             generator=args.generator, model=args.model, views=args.views, image_size=args.image_size,
             num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
         )  # fmt: skip
+        icgan = None
+        if args.generator == "icgan":
+            from sslaug.augment.icgan_views import IcganSettings
+
+            icgan = IcganSettings(code=args.icgan_code, commit=args.icgan_commit, swav=args.swav, truncation=args.truncation)  # fmt: skip
         result = generate_shard(
             args.data, args.split, config, args.shard, args.num_shards, args.out,
             chunk_size=args.chunk_size, batch_size=args.batch_size, work_dir=args.work_dir, device=args.device,
+            icgan=icgan,
         )  # fmt: skip
     except NotImplementedError as err:
         print(f"generative_views: {err}", file=sys.stderr)

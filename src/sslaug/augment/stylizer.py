@@ -4,7 +4,8 @@ Architecture (IMPLEMENTATION_NOTES.md, SASSL section; Magenta
 ``arbitrary-image-stylization-v1-256``):
 
 * :class:`StylePredictor` -- InceptionV3 up to ``Mixed_6e`` (torchvision layout,
-  ReLU6 activations as in Magenta's Inception arg scope), spatial mean, and a
+  ReLU6 activations as in Magenta's Inception arg scope, TF's SAME average pooling that
+  leaves the padding out of border means), spatial mean, and a
   1x1 convolution bottleneck to the 100-d style vector ``z``.
 * :class:`StyleTransformer` -- 3 contracting convolutions (batch norm), 5 residual
   blocks and 3 upsampling convolutions, each of the last 13 convolutions followed by
@@ -21,13 +22,15 @@ real weights can be converted in later:
 * ``transformer.contract.convK.conv.weight`` <- ``transformer/contract/convK/weights``
   (HWIO -> OIHW); ``...bn.{bias,running_mean,running_var}`` <- ``BatchNorm/{beta,
   moving_mean,moving_variance}`` (slim batch norm has no ``gamma``, so there is none here).
-* ``transformer.<scope>.norm.{gamma,beta}.{weight,bias}`` <- ``style_params/<scope>/
-  StyleNorm/{gamma,beta}/Conv/{weights,biases}`` (1x1 convs on ``z`` are linear maps;
-  ``<scope>`` as in :data:`MAGENTA_STYLE_NORM_SCOPES`). Magenta keeps these maps in the
+* ``transformer.<scope>.norm.{beta,gamma}.{weight,bias}`` <- ``style_params/transformer/<scope>/
+  StyleNorm/{Conv,Conv_1}/{weights,biases}`` (1x1 convs on ``z`` are linear maps; Magenta
+  builds beta first, so slim names it ``Conv``; ``<scope>`` as in
+  :data:`MAGENTA_STYLE_NORM_SCOPES`). Magenta keeps these maps in the
   style predictor; they live in the transformer here so that SASSL's blending acts on
   the 100-d ``z`` exactly as Magenta's interpolation does.
 * ``predictor.trunk.*`` <- ``InceptionV3/*`` (torchvision's BN ``weight`` = 1: slim's
   Inception batch norm has no ``gamma`` either); ``predictor.bottleneck`` <- ``Conv/``.
+  :mod:`sslaug.augment.stylizer_convert` does the conversion (rule ``convert_stylizer_weights``).
 
 All images are float tensors ``[B, 3, H, W]`` in [0, 1] (Magenta feeds [0, 1] images
 to both networks).
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception_v3
-from torchvision.models.inception import BasicConv2d
+from torchvision.models.inception import BasicConv2d, InceptionA, InceptionC
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,31 @@ class _BasicConv2dReLU6(BasicConv2d):
         return F.relu6(self.bn(self.conv(x)), inplace=True)
 
 
+def _tf_same_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """TF-slim's 3x3 SAME average pooling: the mean over in-image pixels only (padding not counted)."""
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class _InceptionATF(InceptionA):
+    """torchvision's InceptionA with TF's border pooling (its ``avg_pool2d`` counts the zero padding)."""
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return [self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(_tf_same_avg_pool(x))]
+
+
+class _InceptionCTF(InceptionC):
+    """torchvision's InceptionC with TF's border pooling."""
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        dbl = self.branch7x7dbl_1(x)
+        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            dbl = conv(dbl)
+        return [self.branch1x1(x), branch7x7, dbl, self.branch_pool(_tf_same_avg_pool(x))]
+
+
 class StylePredictor(nn.Module):
     """InceptionV3 to ``Mixed_6e`` -> spatial mean -> 1x1 conv bottleneck -> ``[B, style_dim]``."""
 
@@ -151,6 +179,12 @@ class StylePredictor(nn.Module):
             for module in self.trunk.modules():
                 if type(module) is BasicConv2d:
                     module.__class__ = _BasicConv2dReLU6
+        # Magenta's weights were trained with TF's SAME pooling; same swap, same state-dict keys.
+        for module in self.trunk.modules():
+            if type(module) is InceptionA:
+                module.__class__ = _InceptionATF
+            elif type(module) is InceptionC:
+                module.__class__ = _InceptionCTF
         self.bottleneck = nn.Conv2d(_MIXED_6E_CHANNELS, style_dim, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,10 @@ _MOCO_V2 = ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p
 _BYOL_1 = ViewRecipe(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), blur_p=1.0, solarize_p=0.0)
 _BYOL_2 = replace(_BYOL_1, blur_p=0.1, solarize_p=0.2)
 
+# DINO's local crops (Caron et al. 2021, App.): BYOL's colour jitter and grayscale, blur p 0.5,
+# no solarization; DINOv2 keeps DINO's recipe.
+_DINO_LOCAL = replace(_BYOL_1, blur_p=0.5)
+
 STANDARD_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
     "simclr": (_SIMCLR, _SIMCLR),
     "mocov2": (_MOCO_V2, _MOCO_V2),
@@ -75,6 +79,42 @@ NAMED_RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
 MSR_RECIPE = _AGGRESSIVE
 
 
+#: Multi-crop methods' local-crop recipe (the global crops use STANDARD_RECIPES).
+LOCAL_RECIPES: dict[str, ViewRecipe] = {"dino": _DINO_LOCAL, "dinov2": _DINO_LOCAL}
+
+
+@dataclass(frozen=True)
+class MultiCrop:
+    """Multi-crop (Caron et al. 2020): two global crops and ``local_crops`` small ones.
+
+    Attributes:
+        global_scale: RandomResizedCrop area range of the global crops (DINO 0.4-1, DINOv2 0.32-1).
+        local_crops: number of local crops (8 in DINO and DINOv2).
+        local_scale: area range of the local crops (DINO 0.05-0.4, DINOv2 0.05-0.32).
+        local_size: side of a local crop in pixels (96 for 224 px global crops).
+    """
+
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops: int = 8
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    local_size: int = 96
+
+
+def multicrop_pipelines(
+    method: str, overrides: dict[str, Any] | None, size: int, multicrop: MultiCrop
+) -> tuple[list[ViewPipeline], list[ViewPipeline]]:
+    """The global and local view pipelines of a multi-crop method; the scale's view overrides
+    (e.g. ``blur_p: 0`` at 32 px) apply to both kinds."""
+    if method not in LOCAL_RECIPES:
+        raise KeyError(f"no multi-crop recipe for method {method!r}; known: {sorted(LOCAL_RECIPES)}")
+    globals_ = [replace(r, crop_scale=tuple(multicrop.global_scale)) for r in recipe_for(method, overrides)]
+    local = replace(with_overrides(LOCAL_RECIPES[method], overrides), crop_scale=tuple(multicrop.local_scale))
+    return (
+        [ViewPipeline(r, size) for r in globals_],
+        [ViewPipeline(local, multicrop.local_size) for _ in range(multicrop.local_crops)],
+    )
+
+
 def recipe_for(
     method: str, overrides: dict[str, Any] | None = None, recipe: str | None = None
 ) -> tuple[ViewRecipe, ViewRecipe]:
@@ -93,11 +133,16 @@ def recipe_for(
         base = STANDARD_RECIPES[method]
     else:
         raise KeyError(f"no standard view recipe for method {method!r}; known: {sorted(STANDARD_RECIPES)}")
+    return tuple(with_overrides(r, overrides) for r in base)  # type: ignore[return-value]
+
+
+def with_overrides(recipe: ViewRecipe, overrides: dict[str, Any] | None) -> ViewRecipe:
+    """``recipe`` with a scale's view tweaks (config lists become the recipe's tuples)."""
     overrides = dict(overrides or {})
     for key in ("crop_scale", "jitter"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
-    return tuple(replace(r, **overrides) for r in base)  # type: ignore[return-value]
+    return replace(recipe, **overrides)
 
 
 def colour_ops(recipe: ViewRecipe, size: int) -> list[nn.Module]:

@@ -13,10 +13,11 @@
 ``--source path --root DIR`` prepares from an already-extracted copy of any source.
 
 Preparers exist for CIFAR-10/100 (python pickles -> array), STL-10 (binary -> array),
-ImageFolder trees (ImageNet, ImageNet-100, generic; also iNat/Places365/... once laid
-out as class folders), Tiny ImageNet, DTD, Food-101, Oxford Pets, FGVC-Aircraft
-(split lists -> imagefolder), COCO 2017 and PASCAL VOC (XML -> coco). The rest raise
-NotImplementedError naming the dataset.
+ImageFolder trees (ImageNet, ImageNet-100, generic), Tiny ImageNet, DTD, Food-101,
+Oxford Pets, FGVC-Aircraft (split lists -> imagefolder), COCO 2017 and PASCAL VOC
+(XML -> coco); :mod:`sslaug.data.preparers_transfer` adds Flowers-102, Caltech-101,
+SUN397, ImageNet 1%, iNaturalist 2018/2021, Places365 and the Kaggle sets (Diabetic
+Retinopathy, Painter by Numbers). A spec without a preparer raises NotImplementedError.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class SourceSpec:
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
 _COCO = "http://images.cocodataset.org"
 _VOC = "https://thor.robots.ox.ac.uk/pascal/VOC"
+_SUN = "http://vision.princeton.edu/projects/2010/SUN"
+_INAT = "https://ml-inat-competition-datasets.s3.amazonaws.com"
+_PLACES = "http://data.csail.mit.edu/places/places365"
 
 
 def _manual(what: str, url: str, layout: str = "train/ and val/ class folders") -> str:
@@ -127,8 +131,7 @@ SOURCES: dict[str, SourceSpec] = {
                             md5="85eeb15f3717b99a5da872d97d918f87"),),
     ),
     "flowers102": SourceSpec(
-        kind="download", format="imagefolder",
-        preparer=None,  # labels/splits are MATLAB files: needs scipy.io, not a dependency yet
+        kind="download", format="imagefolder", preparer="flowers102",
         resources=(
             Resource(f"{_VGG}/flowers/102/102flowers.tgz", "102flowers.tgz", md5="52808999861908f626f3c1f4e79d11fa"),
             Resource(f"{_VGG}/flowers/102/imagelabels.mat", "imagelabels.mat", md5="e0620be6f572b9609742df49c70aed4d"),
@@ -150,16 +153,21 @@ SOURCES: dict[str, SourceSpec] = {
                             "fgvc-aircraft-2013b.tar.gz"),),
     ),
     "caltech101": SourceSpec(
-        kind="download", format="imagefolder",
-        preparer=None,  # no official train/test split: the protocol (e.g. 30 per class) is still to be chosen
+        kind="download", format="imagefolder", preparer="caltech101",
+        # No official split: Kornblith et al.'s 30 random images per class (preparers_transfer).
+        options={"train_per_class": "30", "background": "include", "split_seed": "0"},
         resources=(Resource("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip", "caltech-101.zip",
                             md5="3138e1922a9193bfa496528edbbc45d0"),),
     ),
     "sun397": SourceSpec(
-        kind="download", format="imagefolder",
-        preparer=None,  # the official partitions ship in a separate archive, not handled yet
-        resources=(Resource("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz", "SUN397.tar.gz",
-                            md5="8ca2778205c41d23104230ba66911c7a"),),
+        kind="download", format="imagefolder", preparer="sun397", options={"partition": "1"},
+        resources=(
+            Resource(f"{_SUN}/SUN397.tar.gz", "SUN397.tar.gz", md5="8ca2778205c41d23104230ba66911c7a"),
+            # The SUN page publishes no checksum; this sha256 is the one torchvision's prototype
+            # SUN397 dataset verifies.
+            Resource("https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip", "Partitions.zip",
+                     sha256="e3311ea5f812d4cc6faef194688343d1111f6cd6f70f2c62f393c2b8d6ba1ec9"),
+        ),
     ),
     "voc2007": SourceSpec(
         kind="download", format="coco", preparer="voc",
@@ -199,25 +207,66 @@ SOURCES: dict[str, SourceSpec] = {
                              "the full ImageNet train/ and val/ class folders; "
                              "--option classes=cmc|FILE|wnid,wnid,... picks the subset"),
     ),
-    "inat": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagefolder",
-        instructions=_manual("iNaturalist", "github.com/visipedia/inat_comp",
-                             "train/ and val/ folders of one sub-folder per class"),
+    "imagenet_1pct": SourceSpec(
+        kind="manual", format="imagefolder", preparer="imagenet_subset",
+        # SimCLR's 1% list is fetched into data/_downloads/imagenet_1pct; GitHub publishes no
+        # checksum, so meta.json records the sha256 of the list used.
+        resources=(Resource("https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
+                            "1percent.txt", "1percent.txt"),),
+        instructions=_manual("ImageNet 1% (SimCLR's subset of ILSVRC-2012)", "image-net.org",
+                             "the full ImageNet train/ and val/ class folders; the subset list is downloaded "
+                             "(or --option subset=FILE)"),
     ),
+    # iNaturalist: images and COCO-style annotation JSON from the competitions' AWS open-data
+    # bucket, md5s from github.com/visipedia/inat_comp (2018/README.md, 2021/README.md).
+    "inat18": SourceSpec(
+        kind="download", format="imagefolder", preparer="inat", options={"year": "2018"},
+        resources=(
+            Resource(f"{_INAT}/2018/train_val2018.tar.gz", "train_val2018.tar.gz",
+                     md5="b1c6952ce38f31868cc50ea72d066cc3"),
+            Resource(f"{_INAT}/2018/train2018.json.tar.gz", "train2018.json.tar.gz",
+                     md5="bfa29d89d629cbf04d826a720c0a68b0"),
+            Resource(f"{_INAT}/2018/val2018.json.tar.gz", "val2018.json.tar.gz",
+                     md5="f2ed8bfe3e9901cdefceb4e53cd3775d"),
+        ),
+    ),
+    "inat21": SourceSpec(
+        kind="download", format="imagefolder", preparer="inat", options={"year": "2021"},
+        resources=(
+            Resource(f"{_INAT}/2021/train.tar.gz", "train.tar.gz", md5="e0526d53c7f7b2e3167b2b43bb2690ed"),
+            Resource(f"{_INAT}/2021/train.json.tar.gz", "train.json.tar.gz", md5="38a7bb733f7a09214d44293460ec0021"),
+            Resource(f"{_INAT}/2021/val.tar.gz", "val.tar.gz", md5="f6f6e0e242e3d4c9569ba56400938afc"),
+            Resource(f"{_INAT}/2021/val.json.tar.gz", "val.json.tar.gz", md5="4d761e0f6a86cc63e8f7afc91f6a8f0b"),
+        ),
+    ),
+    # Places365-Standard, 256 x 256 images (the SSL pipelines resize to 224 anyway; the
+    # high-resolution archives are 4x larger): the devkit's file lists + train and val images,
+    # md5s as torchvision.datasets.Places365.
     "places365": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagefolder",
-        instructions=_manual("Places365", "places2.csail.mit.edu",
-                             "train/ and val/ class folders (the 'easy format' places365_standard archive)"),
+        kind="download", format="imagefolder", preparer="places365",
+        resources=(
+            Resource(f"{_PLACES}/filelist_places365-standard.tar", "filelist_places365-standard.tar",
+                     md5="35a0585fee1fa656440f3ab298f8479c"),
+            Resource(f"{_PLACES}/train_256_places365standard.tar", "train_256_places365standard.tar",
+                     md5="53ca1c756c3d1e7809517cc47c5561c5"),
+            Resource(f"{_PLACES}/val_256.tar", "val_256.tar", md5="e27b17d8d44f4af9a78502beb927f808"),
+        ),
+        instructions="a Places365-Standard copy needs categories_places365.txt, places365_train_standard.txt, "
+        "places365_val.txt with data_256/ and val_256/ (places2.csail.mit.edu), or the easy-format "
+        "places365_standard/{train,val}/<class>/ folders",
     ),
     "retinopathy": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagefolder",
-        instructions=_manual("Diabetic Retinopathy (Kaggle)", "kaggle.com/c/diabetic-retinopathy-detection",
-                             "train/ and val/ folders of one sub-folder per grade 0-4"),
+        kind="manual", format="imagefolder", preparer="retinopathy",
+        instructions=_manual("Diabetic Retinopathy (Kaggle)", "kaggle.com/c/diabetic-retinopathy-detection/data",
+                             "trainLabels.csv and train/*.jpeg (the train.zip.00* parts joined and unzipped); "
+                             "for the val/test splits also retinopathy_solution.csv and test/*.jpeg, or "
+                             "--option splits=train"),
     ),
     "pbn": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagefolder",
-        instructions=_manual("Painter by Numbers (Kaggle)", "kaggle.com/c/painter-by-numbers",
-                             "train/ and val/ folders of one sub-folder per class"),
+        kind="manual", format="imagefolder", preparer="pbn",
+        instructions=_manual("Painter by Numbers (Kaggle)", "kaggle.com/c/painter-by-numbers/data",
+                             "train_info.csv and train/*.jpg (train.zip unzipped; apply Kaggle's "
+                             "replacements_for_corrupted_files.zip)"),
     ),
     "imagefolder": SourceSpec(
         kind="manual", format="imagefolder", preparer="imagefolder",
@@ -323,6 +372,8 @@ class PrepContext:
     options: dict[str, str]
     seed: int
     source: dict[str, Any]
+    # Where resources that go with a user's copy are fetched (e.g. the ImageNet 1% list).
+    download_dir: Path | None = None
 
 
 def prepare_from_source(
@@ -345,6 +396,8 @@ def prepare_from_source(
     if spec.preparer is None:
         raise NotImplementedError(f"preparation of dataset {name!r} is not implemented yet")
     opts = {**spec.options, **options}
+    # Also where resources that go with a user's copy are fetched (e.g. the ImageNet 1% list).
+    download_dir = default_download_dir
     if source == "download":
         if spec.kind == "manual":
             raise DataError(spec.instructions)
@@ -366,7 +419,7 @@ def prepare_from_source(
         raise DataError(f"unknown --source {source!r} for {name}: use download or path")
     if not raw.exists():
         raise DataError(f"path not found: {raw}" + (f"; {spec.instructions}" if spec.instructions else ""))
-    ctx = PrepContext(name=name, spec=spec, options=opts, seed=seed, source=info)
+    ctx = PrepContext(name=name, spec=spec, options=opts, seed=seed, source=info, download_dir=download_dir)
     return PREPARERS[spec.preparer](raw, out, ctx)
 
 
@@ -848,3 +901,9 @@ PREPARERS: dict[str, Preparer] = {
     "coco": prepare_coco,
     "voc": prepare_voc,
 }
+
+# The transfer, iNaturalist, Places365 and Kaggle preparers live in their own module, which
+# imports the helpers above; importing it last (after they exist) keeps the cycle harmless.
+from sslaug.data import preparers_transfer
+
+PREPARERS.update(preparers_transfer.PREPARERS)

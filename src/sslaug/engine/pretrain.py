@@ -21,16 +21,23 @@ from typing import Any
 import torch
 
 from sslaug.augment.view_maker import ViewMaker
-from sslaug.augment.views import MSR_RECIPE, MultiStagePipeline, ViewPipeline, recipe_for
+from sslaug.augment.views import (
+    MSR_RECIPE,
+    MultiCrop,
+    MultiStagePipeline,
+    ViewPipeline,
+    multicrop_pipelines,
+    recipe_for,
+)
+from sslaug.data.formats import DataError
 from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.engine.trainer import NonFiniteLossError, TrainConfig, Trainer, fingerprint_of, seed_everything
 from sslaug.io import atomic_torch_save, atomic_write_json
-from sslaug.settings import apply_overrides
-from sslaug.data.formats import DataError
 from sslaug.methods import build_method
 from sslaug.models.backbones import build_backbone, encoder_state
 from sslaug.plan import IMPLEMENTED_AUGMENTATIONS, IMPLEMENTED_OPTIONS
+from sslaug.settings import apply_overrides
 
 log = logging.getLogger("sslaug.pretrain")
 
@@ -54,6 +61,17 @@ def build_view_maker(
     options = dict(spec["options"])
     recipe = options.pop("recipe", None) if spec["augmentation"] == "standard" else None
     size = int(spec["image_size"])
+    if spec.get("multicrop"):  # DINO, DINOv2: [global 1, global 2, *local crops] (+ Rescue's strong view third)
+        multicrop = apply_overrides(MultiCrop, dict(spec["multicrop"]))
+        global_views, local_views = multicrop_pipelines(spec["method"], spec.get("views"), size, multicrop)
+        if spec["augmentation"] == "rescue":
+            from sslaug.augment.strong import strong_pipelines
+
+            strong = strong_pipelines("rescue", recipe_for(spec["method"], spec.get("views")), size, options, spec["strong"])[2]
+            return ViewMaker([*global_views, strong, *local_views])
+        if spec["augmentation"] != "standard":
+            raise NotImplementedError(f"augmentation {spec['augmentation']!r} with multi-crop views is not implemented")
+        return ViewMaker([*global_views, *local_views])
     pipelines = [ViewPipeline(r, size) for r in recipe_for(spec["method"], spec.get("views"), recipe=recipe)]
     # Imported only when used: the stylizer pulls in torchvision (~2 s per job at mini).
     if spec["augmentation"] == "sassl":
@@ -70,7 +88,7 @@ def build_view_maker(
         weak = recipe_for(spec["method"], spec.get("views"))
         return ViewMaker(strong_pipelines(spec["augmentation"], weak, size, options, spec.get("strong", {})))
     if spec["augmentation"] == "generative":
-        from sslaug.augment.generative import GenerativeAugment, GenerativeConfig, GeneratedViewBank
+        from sslaug.augment.generative import GeneratedViewBank, GenerativeAugment, GenerativeConfig
 
         if generative_views is None:
             raise ValueError(f"run {spec['run']} needs --generative-views")
@@ -102,10 +120,10 @@ def pretrain(
     seed_everything(seed + dist.rank())
     config = train_config_from(spec)
     image_size = int(spec["image_size"])
-    backbone = build_backbone(spec["backbone"], image_size=image_size)
-    method = build_method(
-        spec["method"], backbone, spec["hparams"], augmentation, {**spec.get("strong", {}), **spec["options"]}
-    )
+    backbone = build_backbone(spec["backbone"], image_size=image_size, **spec.get("backbone_kwargs", {}))
+    # The run's length is a hyperparameter of epoch-based schedules (DINO's teacher temperature).
+    hparams = {**spec["hparams"], "epochs": int(spec["epochs"])}
+    method = build_method(spec["method"], backbone, hparams, augmentation, {**spec.get("strong", {}), **spec["options"]})
     data = BatchSource(
         data_dir,
         "train",

@@ -44,9 +44,15 @@ class TrainConfig:
     batch_size: int
     optimizer: str = "sgd"
     base_lr: float = 0.03
-    #: "linear": lr = base_lr * batch_size / 256 (Goyal et al.), "none": lr = base_lr.
+    #: "linear": lr = base_lr * batch_size / 256 (Goyal et al.), "sqrt": lr = base_lr *
+    #: sqrt(batch_size / 1024) (DINOv2's "sqrt_wrt_1024"), "none": lr = base_lr.
     lr_scaling: str = "linear"
     weight_decay: float = 1e-4
+    #: Cosine schedule of the weight decay from ``weight_decay`` to this value (DINO: 0.04 -> 0.4);
+    #: None keeps it constant.
+    weight_decay_end: float | None = None
+    #: Clip the global gradient norm to this value (DINO / DINOv2: 3.0); 0 disables.
+    clip_grad: float = 0.0
     momentum: float = 0.9
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -68,9 +74,11 @@ class TrainConfig:
     def lr(self) -> float:
         if self.lr_scaling == "linear":
             return self.base_lr * self.batch_size / 256
+        if self.lr_scaling == "sqrt":
+            return self.base_lr * math.sqrt(self.batch_size / 1024)
         if self.lr_scaling == "none":
             return self.base_lr
-        raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; use 'linear' or 'none'")
+        raise ValueError(f"unknown lr_scaling {self.lr_scaling!r}; use 'linear', 'sqrt' or 'none'")
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
@@ -79,6 +87,11 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
         return peak * (step + 1) / warmup_steps
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def cosine_value(step: int, total_steps: int, start: float, end: float) -> float:
+    """Cosine schedule from ``start`` at step 0 to ``end`` at the last step (DINO's weight decay)."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
 
 
 def build_optimizer(
@@ -300,8 +313,11 @@ class Trainer:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 for batch, indices in self.data.epoch(epoch, start):
                     lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
+                    weight_decay = self._weight_decay_at(self.step)
                     for group in self.optimizer.param_groups:
                         group["lr"] = self.config.lr if group.get("fix_lr") else lr
+                        if weight_decay is not None and group["weight_decay"] > 0:
+                            group["weight_decay"] = weight_decay
                     progress = self.step / self.total_steps
                     views = self.view_maker(batch, indices, epoch)
                     if self.cuda and self.config.channels_last:
@@ -310,6 +326,10 @@ class Trainer:
                         loss, logs = self.model(views, progress)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    for parameter in self.method.frozen_parameters(progress):
+                        parameter.grad = None  # the optimiser skips it entirely (no decay, no momentum)
+                    if self.config.clip_grad > 0:
+                        nn.utils.clip_grad_norm_(self.method.parameters(), self.config.clip_grad)
                     self.optimizer.step()
                     self.method.after_step(progress)
                     nonfinite |= ~torch.isfinite(loss.detach())
@@ -339,6 +359,12 @@ class Trainer:
         finally:
             progress_bar.close()
             metrics.close()
+
+    def _weight_decay_at(self, step: int) -> float | None:
+        """The scheduled weight decay of the decayed groups, or None when it is constant."""
+        if self.config.weight_decay_end is None:
+            return None
+        return cosine_value(step, self.total_steps, self.config.weight_decay, self.config.weight_decay_end)
 
     def _check_finite(self, nonfinite: torch.Tensor) -> None:
         if bool(nonfinite):

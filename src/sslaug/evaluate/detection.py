@@ -24,6 +24,11 @@ torchvision so the pipeline has one dependency stack:
   single process SyncBN is plain BN; under ``torch.distributed`` the layers are
   converted to ``SyncBatchNorm``. ``frozen`` is Detectron2's supervised default
   (FrozenBatchNorm2d, no FPN norm), kept for comparison.
+* ViT encoders (Rescuing Easy Samples' MoCo v3 ViT-B and DINOv2 ViT-L) get ViTDet's
+  simple feature pyramid instead of stages + FPN (``sslaug.evaluate.vitdet``: strides,
+  padding, ``freeze_at`` and layer-wise lr decay are documented there); ``build_backbone_fpn``
+  picks the pyramid by encoder type. A ViT has LayerNorm only, so ``norm`` does not
+  change it; its pyramid uses LayerNorm as ViTDet does.
 
 Evaluation: pycocotools ``COCOeval`` on the test split's annotation JSON: box AP,
 AP50, AP75, APs, APm, APl (percent) and, for Mask R-CNN, mask AP/AP50/AP75
@@ -72,6 +77,7 @@ from sslaug.evaluate.common import (
     seed_everything,
     write_result,
 )
+from sslaug.evaluate.vitdet import ViTSimpleFeaturePyramid, is_vit
 from sslaug.models.backbones import TinyConvNet, load_encoder
 from sslaug.settings import apply_overrides
 
@@ -84,6 +90,7 @@ SCHEDULES: dict[str, tuple[int, tuple[float, ...]]] = {
 }
 ARCHS = ("faster_rcnn", "mask_rcnn", "keypoint_rcnn")
 NORMS = ("syncbn", "frozen")
+OPTIMIZERS = ("sgd", "adamw")
 BOX_KEYS = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 
 
@@ -103,7 +110,14 @@ class DetectionConfig:
         warmup_iters / warmup_factor: linear warm-up from ``warmup_factor * lr`` (1000 / 0.001).
         norm: ``syncbn`` (MoCo's protocol, default) or ``frozen`` (Detectron2 supervised default).
         freeze_at: number of leading backbone parts frozen (0 = none, 1 = stem, 2 = stem + res2),
-            Detectron2's FREEZE_AT; MoCo fine-tunes everything (0).
+            Detectron2's FREEZE_AT; MoCo fine-tunes everything (0). For a ViT: 1 = patch/position
+            embedding, 2..4 = + the first quarter/half/three quarters of the blocks, 5 = all.
+        optimizer: ``sgd`` (Detectron2's R-CNN recipe, default for every encoder so a table's
+            rows share one protocol; the Rescue paper does not state its detector) or ``adamw``
+            (betas 0.9/0.999, ViTDet's optimizer; set lr ~1e-4 and weight_decay 0.1 with it).
+        layer_decay: layer-wise lr decay for ViT encoders (block i of L gets ``decay**(L - i)``
+            of the lr; ViTDet uses 0.7 for ViT-B, 0.8 for ViT-L). 1.0 = off (default, the
+            Detectron2 recipe); ignored, with a note in the result, for non-ViT encoders.
         fpn_channels: FPN width (256).
         box_head_dim: width of the 2-fc box head (1024, Detectron2's FPN "2fc" head).
         roi_batch_size_per_image: sampled RoIs per image for the box loss (512).
@@ -132,6 +146,8 @@ class DetectionConfig:
     warmup_factor: float = 0.001
     norm: str = "syncbn"
     freeze_at: int = 0
+    optimizer: str = "sgd"
+    layer_decay: float = 1.0
     fpn_channels: int = 256
     box_head_dim: int = 1024
     roi_batch_size_per_image: int = 512
@@ -160,6 +176,10 @@ class DetectionConfig:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
         if not 0 <= self.freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {self.freeze_at}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not self.min_size_train:
             raise ValueError("min_size_train must list at least one size")
 
@@ -193,9 +213,9 @@ class StageFeatures(nn.Module):
             self.stem = nn.Sequential(encoder.conv1, encoder.bn1, encoder.act1, encoder.maxpool)
             stages = [encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4]
         elif hasattr(encoder, "patch_embed"):
-            raise NotImplementedError(
-                "detection transfer for ViT encoders (needs a ViTDet-style simple feature pyramid) "
-                "is not implemented yet; use a ResNet or the tiny backbone"
+            raise TypeError(
+                f"{type(encoder).__name__} is a ViT: it has no stage maps; its detection backbone is "
+                "sslaug.evaluate.vitdet.ViTSimpleFeaturePyramid (build_backbone_fpn picks it)"
             )
         else:
             raise NotImplementedError(f"detection transfer does not know the stages of {type(encoder).__name__}")
@@ -241,6 +261,8 @@ class FPNBackbone(nn.Module):
             norm_layer=nn.BatchNorm2d if fpn_norm else None,
         )
         self.out_channels = out_channels
+        # Padding multiple for the detector's transform: torchvision's (and Detectron2's R50-FPN) default.
+        self.size_divisible = 32
         self.amp = amp
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -264,8 +286,17 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_backbone_fpn(encoder: nn.Module, config: DetectionConfig) -> FPNBackbone:
-    """The pretrained encoder's stages (normalisation per ``config.norm``) under an FPN."""
+def build_backbone_fpn(encoder: nn.Module, config: DetectionConfig) -> FPNBackbone | ViTSimpleFeaturePyramid:
+    """The detection backbone of a pretrained encoder, by encoder type.
+
+    A plain ViT gets ViTDet's simple feature pyramid over its last patch-token map; a
+    ResNet or the tiny convnet its stages (normalisation per ``config.norm``) under an FPN.
+    Both return P2-P5 + P6 maps of ``config.fpn_channels`` channels.
+    """
+    if is_vit(encoder):
+        pyramid = ViTSimpleFeaturePyramid(encoder, config.fpn_channels, amp=config.amp)
+        pyramid.freeze(config.freeze_at)
+        return pyramid
     body = StageFeatures(encoder)
     if config.norm == "frozen":
         freeze_batchnorm(body)
@@ -285,6 +316,8 @@ def build_detector(encoder: nn.Module, config: DetectionConfig, num_classes: int
     """
     backbone = build_backbone_fpn(encoder, config)
     common: dict[str, Any] = dict(
+        # Pad each batch to the multiple the backbone needs (ViT: patch grid and exact pyramid strides).
+        size_divisible=backbone.size_divisible,
         min_size=tuple(config.min_size_train), max_size=config.max_size_train,
         image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
         # Detectron2 R50-FPN keeps 1000 proposals per image after NMS in training and test.
@@ -450,15 +483,35 @@ def collate_list(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, A
 # --------------------------------------------------------------------------- training
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on all trainable parameters except normalisation layers (Detectron2 default)."""
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[int, float] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Weight decay on all trainable parameters except normalisation layers (Detectron2 default).
+
+    ``lr_scales`` (``id(parameter)`` -> lr multiplier, e.g. a ViT's layer-wise lr decay)
+    splits the groups further; every group carries its ``lr_scale`` (1 by default).
+    """
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
-            if p.requires_grad:
-                (no_decay if isinstance(module, norm_types) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                scale = (lr_scales or {}).get(id(p), 1.0)
+                groups.setdefault((isinstance(module, norm_types), scale), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if is_norm else weight_decay, "lr_scale": scale}
+            for (is_norm, scale), params in sorted(groups.items(), key=lambda item: item[0])]
+
+
+def build_optimizer(model: nn.Module, config: DetectionConfig) -> torch.optim.Optimizer:
+    """SGD (Detectron2) or AdamW (ViTDet) over ``param_groups``, with the ViT's layer-wise lr decay."""
+    backbone = getattr(model, "backbone", None)
+    lr_scales = backbone.lr_scales(config.layer_decay) \
+        if isinstance(backbone, ViTSimpleFeaturePyramid) and config.layer_decay != 1.0 else None
+    groups = param_groups(model, config.weight_decay, lr_scales)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999))
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
 
 
 def lr_factor(it: int, milestones: Sequence[int], gamma: float, warmup_iters: int, warmup_factor: float) -> float:
@@ -480,8 +533,8 @@ def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device
 
 def train_detector(model: nn.Module, train_set: Dataset, config: DetectionConfig, device: torch.device,
                    generator: torch.Generator) -> float:
-    """Run the configured number of SGD iterations; returns the last total loss."""
-    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
+    """Run the configured number of optimizer iterations (lr per ``lr_factor`` x group scale); returns the last loss."""
+    optimizer = build_optimizer(model, config)
     total, milestones = config.total_iterations(), config.milestones()
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                         drop_last=len(train_set) >= config.batch_size,  # type: ignore[arg-type]
@@ -492,8 +545,9 @@ def train_detector(model: nn.Module, train_set: Dataset, config: DetectionConfig
     last = float("nan")
     for it in range(total):
         images, targets = _to_device(*next(batches), device)
+        factor = lr_factor(it, milestones, config.gamma, config.warmup_iters, config.warmup_factor)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(it, milestones, config.gamma, config.warmup_iters, config.warmup_factor)
+            group["lr"] = config.lr * group["lr_scale"] * factor
         losses = model(images, targets)  # AMP, if on, is inside the backbone (see FPNBackbone)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -650,6 +704,8 @@ def run_detection(encoder: str | Path, data: str | Path, train_split: str, test_
     image_ids = sorted(int(t["id"]) for t in test_base.images) if hasattr(test_base, "images") \
         else sorted(test_coco.getImgIds())
     notes: list[str] = []
+    if config.layer_decay != 1.0 and not is_vit(encoder_module):
+        notes.append(f"layer_decay {config.layer_decay} applies to ViT encoders only; not used for {meta['backbone']}")
     metrics = coco_metrics(test_coco, results["bbox"], "bbox", image_ids, "", notes)
     if config.arch == "mask_rcnn":
         metrics.update(coco_metrics(test_coco, results["segm"], "segm", image_ids, "_mask", notes))

@@ -11,6 +11,7 @@ from sslaug.methods.barlowtwins import BarlowTwins
 from sslaug.methods.base import SSLMethod
 from sslaug.methods.byol import BYOL
 from sslaug.methods.clsa import CLSA
+from sslaug.methods.dino import DINO, DINOv2
 from sslaug.methods.mocov2 import MoCoV2
 from sslaug.methods.mocov3 import MoCoV3
 from sslaug.methods.msr import BYOLMSR, SimSiamMSR
@@ -18,7 +19,9 @@ from sslaug.methods.rescue import Rescue
 from sslaug.methods.simclr import SimCLR
 from sslaug.methods.simsiam import SimSiam
 
-METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimCLR, BYOL, MoCoV2, MoCoV3, SimSiam, BarlowTwins)}
+METHODS: dict[str, type[SSLMethod]] = {
+    cls.name: cls for cls in (SimCLR, BYOL, MoCoV2, MoCoV3, SimSiam, BarlowTwins, DINO, DINOv2)
+}
 
 
 def _clsa(name: str, backbone: nn.Module, hparams: dict[str, Any], settings: dict[str, Any]) -> SSLMethod:
@@ -28,10 +31,11 @@ def _clsa(name: str, backbone: nn.Module, hparams: dict[str, Any], settings: dic
 
 
 def _rescue(name: str, backbone: nn.Module, hparams: dict[str, Any], settings: dict[str, Any]) -> SSLMethod:
-    if name not in ("simclr", "mocov3"):
-        raise NotImplementedError(f"Rescue is implemented for SimCLR and MoCo v3, not {name!r}")
+    if name not in ("simclr", "mocov3", "dinov2"):
+        raise NotImplementedError(f"Rescue is implemented for SimCLR, MoCo v3 and DINOv2, not {name!r}")
     base = METHODS[name](backbone, hparams)
-    return Rescue(base, int(settings["k"]), float(settings["s"]), settings.get("reference_batch_size"))
+    reference_batch = dict(settings.get("reference_batch_size") or {}).get(name)
+    return Rescue(base, int(settings["k"]), float(settings["s"]), reference_batch)
 
 
 def _msr(name: str, backbone: nn.Module, hparams: dict[str, Any], settings: dict[str, Any]) -> SSLMethod:

@@ -31,6 +31,14 @@ class SSLMethod(nn.Module):
         """Loss and detached scalar logs for one step; ``progress`` in [0, 1) is step / total."""
         raise NotImplementedError
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The online embedding g(f(x)) that Rescue compares (the projector's output by default)."""
+        return self.projector(self.backbone(x))
+
+    def frozen_parameters(self, progress: float) -> list[nn.Parameter]:
+        """Parameters the engine must not update at this point of training (none by default)."""
+        return []
+
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Hook after each optimiser step (momentum-encoder updates)."""

@@ -150,3 +150,116 @@ def ddm_loss(
     p_weak = torch.softmax(weak.detach() @ candidates.T / temperature, dim=1)
     log_p_strong = torch.log_softmax(strong @ candidates.T / temperature, dim=1)
     return -(p_weak * log_p_strong).sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------- DINO / DINOv2
+
+
+def _all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce when distributed (no-op otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
+        torch.distributed.all_reduce(x, op=reduce_op)
+    return x
+
+
+@torch.no_grad()
+def centered_softmax(teacher_logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DINO's teacher targets: softmax((t - center) / temperature) (Caron et al. 2021, Alg. 1)."""
+    return F.softmax((teacher_logits.float() - center) / temperature, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    teacher_logits: torch.Tensor, temperature: float, iterations: int = 3, num_samples: torch.Tensor | None = None
+) -> torch.Tensor:
+    """DINOv2's teacher targets: Sinkhorn-Knopp normalisation of exp(t / temperature) (SwAV; Oquab
+    et al. 2023, Sec. 4), over the global batch: rows (prototypes) get equal mass, then columns
+    (samples) sum to one. ``num_samples`` = the global number of samples (default: the rows of
+    every process), as DINOv2 passes the count of masked patches for iBOT."""
+    logits = teacher_logits.float() / temperature
+    # A shift common to all processes cancels in the normalisation and keeps exp finite.
+    shift = _all_reduce(logits.max().detach().clone(), op="max")
+    q = torch.exp(logits - shift).t()  # [K, B]
+    k = q.shape[0]
+    if num_samples is None:
+        num_samples = _all_reduce(torch.tensor(float(q.shape[1]), device=q.device))
+    q /= _all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= num_samples
+    q *= num_samples
+    return q.t()
+
+
+@torch.no_grad()
+def updated_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
+    """DINO's centre EMA over the global batch mean of the teacher's logits."""
+    batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        batch_center = _all_reduce(batch_center) / torch.distributed.get_world_size()
+    return center * momentum + batch_center * (1 - momentum)
+
+
+def dino_loss(teacher_probs: list[torch.Tensor], student_logits: list[torch.Tensor], student_temp: float) -> torch.Tensor:
+    """DINO's multi-crop cross-entropy (Caron et al. 2021, Eq. 3): every student view against every
+    teacher (global) view except the same view, averaged over pairs and samples.
+
+    Args:
+        teacher_probs: per global view, ``[B, K]`` teacher targets (centred softmax or Sinkhorn-Knopp).
+        student_logits: per view (globals first, in the teacher's order, then locals), ``[B, K]``.
+        student_temp: the student's temperature (0.1).
+    """
+    total = student_logits[0].new_zeros(())
+    terms = 0
+    for s_index, logits in enumerate(student_logits):
+        log_probs = F.log_softmax(logits.float() / student_temp, dim=-1)
+        for t_index, probs in enumerate(teacher_probs):
+            if s_index == t_index:
+                continue
+            total = total - (probs * log_probs).sum(dim=-1).mean()
+            terms += 1
+    if terms == 0:
+        raise ValueError("dino_loss needs at least two views (the same view is never its own target)")
+    return total / terms
+
+
+def ibot_patch_loss(
+    teacher_probs: torch.Tensor,
+    student_logits: torch.Tensor,
+    masks: torch.Tensor,
+    student_temp: float,
+    masked_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """iBOT's masked-patch loss as DINOv2 computes it (Zhou et al. 2022; Oquab et al. 2023).
+
+    Args:
+        teacher_probs: ``[M, K]`` teacher targets of the masked patches (unmasked input).
+        student_logits: ``[M, K]`` student outputs at the same patches (masked input).
+        masks: ``[B, N]`` boolean patch masks of the ``B`` global crops; ``M = masks.sum()``.
+        student_temp: the student's temperature.
+        masked_index: ``masks.flatten().nonzero()`` if already known (saves a device sync).
+
+    Each image's masked patches are averaged, then summed over images and divided by ``B``
+    (unmasked images count as zero), as DINOv2's ``forward_masked``.
+    """
+    per_patch = -(teacher_probs * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(dim=-1)
+    if masked_index is None:
+        masked_index = masks.flatten().nonzero().squeeze(1)
+    image_weights = 1.0 / masks.sum(dim=1).clamp(min=1)
+    weights = image_weights.index_select(0, masked_index // masks.shape[1])
+    return (per_patch * weights).sum() / masks.shape[0]
+
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2 Sec. 4): -mean log distance of each
+    L2-normalised feature to its nearest neighbour in the batch."""
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.t()
+        similarity.fill_diagonal_(-2)
+        neighbour = similarity.argmax(dim=1)
+    distance = F.pairwise_distance(x, x[neighbour], eps=eps)
+    return -(distance + eps).log().mean()

@@ -1,11 +1,15 @@
 """Rescuing easy samples (Rescue, Alg. 1): a top-k strong-view regulariser on any two-view method.
 
-The base method (SimCLR, MoCo v3) computes its own loss on the two common views and
-exposes their online embeddings ``z_a, z_b`` = g(f(y)) (projector outputs) as
-``last_embeddings``. The k pairs with the highest cosine similarity ``CS(z_a, z_b)`` get
-their strong view (RandAugment + Cutout, made for the whole batch by the view maker
-as the third view; only the k selected ones are forwarded) and
+The base method (SimCLR, MoCo v3, DINOv2) computes its own loss on its views and
+exposes the online embeddings ``z_a, z_b`` of the two common views as ``last_embeddings``:
+g(f(y)), the projector outputs, for SimCLR and MoCo v3; for DINOv2, whose text says only
+that "the features are readily available", our choice is the student's L2-normalised DINO
+head bottleneck of the two global crops (its projector output before the prototypes). The
+k pairs with the highest cosine similarity ``CS(z_a, z_b)`` get their strong view
+(RandAugment + Cutout, made for the whole batch by the view maker as the third view; only
+the k selected ones are forwarded through ``base.embed``) and
 ``L = L_SSL + s * L_topk``, ``L_topk = -mean CS(z_a[topk], z_s)``.
+Views: ``[view a, view b, strong view, *more views of the base (DINOv2's local crops)]``.
 """
 
 from __future__ import annotations
@@ -49,14 +53,17 @@ class Rescue(SSLMethod):
         return self.base.backbone
 
     def forward(self, views: list[torch.Tensor], progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss_ssl, logs = self.base(views[:2], progress)
+        loss_ssl, logs = self.base([*views[:2], *views[3:]], progress)
         z_a, z_b = self.base.last_embeddings
         self.base.last_embeddings = None
         index = top_k_easiest(z_a, z_b, scaled_k(self.k, z_a.shape[0], self.reference_batch_size))
-        z_s = self.base.projector(self.base.backbone(views[2][index]))
+        z_s = self.base.embed(views[2][index])
         loss_topk = -F.cosine_similarity(z_a[index].float(), z_s.float(), dim=1).mean()
         loss = loss_ssl + self.s * loss_topk
         return loss, {**logs, "loss": loss.detach(), "loss_ssl": loss_ssl.detach(), "loss_topk": loss_topk.detach()}
+
+    def frozen_parameters(self, progress: float) -> list[nn.Parameter]:
+        return self.base.frozen_parameters(progress)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -19,6 +19,11 @@ TIMM_NAMES: dict[str, str] = {
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
     "vit_large": "vit_large_patch16_224",
+    "vit_mini": "vit_small_patch16_224",
+}
+#: Architecture changes on top of the timm model (the mini ViT: patch 4 on 32 px images, 4 blocks of width 64).
+TIMM_KWARGS: dict[str, dict[str, Any]] = {
+    "vit_mini": {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0},
 }
 
 
@@ -64,28 +69,30 @@ def build_backbone(name: str, image_size: int = 224, **kwargs: Any) -> nn.Module
     """Build a randomly initialised backbone by project name.
 
     Args:
-        name: ``tiny``, ``resnet18``, ``resnet50`` (``_cifar`` suffix for the CIFAR stem),
-            ``vit_small``, ``vit_base`` or ``vit_large``.
+        name: ``tiny``, ``resnet18``, ``resnet50`` (``_cifar`` suffix: the CIFAR stem; for a ViT,
+            4 px patches),
+            ``vit_small``, ``vit_base``, ``vit_large`` or ``vit_mini`` (the mini scale's ViT).
         image_size: input resolution; ViTs size their position embedding by it.
-        kwargs: passed to the model constructor (e.g. ``width`` for ``tiny``).
+        kwargs: passed to the model constructor (e.g. ``width`` for ``tiny``, ``drop_path_rate``
+            or ``init_values`` (LayerScale) for a ViT).
     """
     if name == "tiny":
         return TinyConvNet(**kwargs)
     cifar = name.endswith("_cifar")
     base = name.removesuffix("_cifar")
     if base not in TIMM_NAMES:
-        known = ", ".join(["tiny", *TIMM_NAMES, "resnet18_cifar", "resnet50_cifar"])
+        known = ", ".join(["tiny", *TIMM_NAMES, "resnet18_cifar", "resnet50_cifar", "vit_small_cifar"])
         raise ValueError(f"unknown backbone {name!r}; known: {known}")
     import timm  # lazily: importing timm costs ~2 s, too much for every mini job
 
-    extra: dict[str, Any] = dict(kwargs)
+    extra: dict[str, Any] = {**TIMM_KWARGS.get(base, {}), **kwargs}
     if base.startswith("vit"):
         extra.setdefault("img_size", image_size)
         extra.setdefault("dynamic_img_size", True)
+        if cifar:  # 32-64 px inputs: 4 px patches, the usual CIFAR ViT (an 8 x 8 grid at 32 px)
+            extra.setdefault("patch_size", 4)
     model = timm.create_model(TIMM_NAMES[base], pretrained=False, num_classes=0, **extra)
-    if cifar:
-        if not base.startswith("resnet"):
-            raise ValueError(f"the CIFAR stem applies to ResNets only, not {name!r}")
+    if cifar and base.startswith("resnet"):
         _cifar_stem(model)
     model.feature_dim = model.num_features
     return model
@@ -111,8 +118,34 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if not path.is_file():
         raise FileNotFoundError(f"encoder checkpoint missing: {path}")
     state = torch.load(path, map_location=map_location, weights_only=False)
-    model = build_backbone(state["backbone"], image_size=state["image_size"])
+    model = build_backbone(
+        state["backbone"], image_size=state["image_size"], **state.get("spec", {}).get("backbone_kwargs", {})
+    )
     model.load_state_dict(state["state_dict"])
     model.eval()
     meta = {k: v for k, v in state.items() if k != "state_dict"}
     return model, meta
+
+
+def vit_tokens(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A timm ViT's final-norm class token ``[B, D]`` and patch tokens ``[B, N, D]``.
+
+    With ``masks`` (``[B, N]`` booleans), the masked patch embeddings are replaced by
+    ``mask_token`` before the position embedding, as iBOT and DINOv2 feed the student.
+    Follows timm's own ``forward_features`` step by step.
+    """
+    if not hasattr(model, "patch_embed"):
+        raise TypeError(f"patch tokens need a ViT backbone, not {type(model).__name__}")
+    x = model.patch_embed(images)  # [B, h, w, D] (dynamic size) or [B, N, D]
+    if masks is not None:
+        if mask_token is None:
+            raise ValueError("masks given without a mask_token")
+        x = torch.where(masks.view(*x.shape[:-1], 1), mask_token.to(x.dtype), x)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    x = model.blocks(x)
+    x = model.norm(x)
+    return x[:, 0], x[:, model.num_prefix_tokens :]

@@ -4,6 +4,8 @@
 
 A cell's number comes only from finished evaluations (``status: ok``); a placeholder,
 a missing metric or a failed seed leaves the cell without a number and says why.
+Where a cell has one evaluation that reports its own 95% interval (``<metric>_ci95``,
+the half-width: CKA/OPD's bootstrap, 002 Table 2), that interval is the cell's error bar.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 from sslaug.io import atomic_write_text
 
 SECONDS_PER_HOUR = 3600.0
+#: Decimals per metric where the papers give more than two (CKA / OPD dissimilarities: 0.395).
+METRIC_DIGITS = {"cka": 3, "opd": 3}
 
 
 @dataclass
@@ -29,6 +33,8 @@ class CellResult:
 
     values: list[float] = field(default_factory=list)
     status: str = "ok"
+    #: Half-width of the 95% interval the evaluation itself reports (one evaluation only).
+    ci95: float | None = None
 
     @property
     def mean(self) -> float | None:
@@ -60,6 +66,14 @@ def read_cell_value(path: Path, metric: str, protocol: str) -> tuple[float | Non
     return value, "ok"
 
 
+def read_cell_interval(path: Path, metric: str) -> float | None:
+    """The 95% interval half-width an evaluation reports for ``metric`` (``<metric>_ci95``), if any."""
+    if path.suffix != ".json":
+        return None
+    value = json.loads(path.read_text()).get("metrics", {}).get(f"{metric}_ci95")
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
 def collect(cell: dict[str, Any]) -> CellResult:
     result = CellResult()
     for file in cell["files"]:
@@ -67,6 +81,8 @@ def collect(cell: dict[str, Any]) -> CellResult:
         if value is None:
             return CellResult(status=status)
         result.values.append(value)
+    if len(cell["files"]) == 1:
+        result.ci95 = read_cell_interval(Path(cell["files"][0]), cell["metric"])
     return result
 
 
@@ -94,17 +110,19 @@ def build_rows(plan: dict[str, Any], paper: dict) -> list[dict[str, str]]:
         paper_value, paper_std, source = paper.get((cell["row"], cell["column"]), (None, None, ""))
         mean = result.mean
         diff = mean - paper_value if mean is not None and paper_value is not None else None
+        digits = METRIC_DIGITS.get(cell["metric"], 2)
         rows.append(
             {
                 "row": cell["row"],
                 "column": cell["column"],
                 "metric": cell["metric"],
-                "reproduced_mean": _fmt(mean),
-                "reproduced_std": _fmt(result.std),
+                "reproduced_mean": _fmt(mean, digits),
+                "reproduced_std": _fmt(result.std, digits),
+                "reproduced_ci95": _fmt(result.ci95 if mean is not None else None, digits),
                 "seeds": str(len(result.values)) if mean is not None else "0",
-                "paper_value": _fmt(paper_value),
-                "paper_std": _fmt(paper_std),
-                "difference": _fmt(diff),
+                "paper_value": _fmt(paper_value, digits),
+                "paper_std": _fmt(paper_std, digits),
+                "difference": _fmt(diff, digits),
                 "status": result.status,
                 "paper_source": source,
                 "runs": " ".join(cell["runs"]),
@@ -128,7 +146,10 @@ def _cell_text(row: dict[str, str]) -> str:
     if row["status"] != "ok":
         return f"— ({row['status']}) · paper {paper}"
     ours = row["reproduced_mean"] + (f" ± {row['reproduced_std']}" if row["reproduced_std"] else "")
-    diff = f", Δ {float(row['difference']):+.2f}" if row["difference"] else ""
+    if row.get("reproduced_ci95"):
+        ours += f" ± {row['reproduced_ci95']} (95% CI)"
+    digits = METRIC_DIGITS.get(row["metric"], 2)
+    diff = f", Δ {float(row['difference']):+.{digits}f}" if row["difference"] else ""
     return f"**{ours}** · paper {paper}{diff}"
 
 
@@ -141,7 +162,13 @@ def to_markdown(plan: dict[str, Any], rows: list[dict[str, str]]) -> str:
         "",
         f"{plan['source']} of `{plan['paper']}`, reproduced at scale **{plan['scale']}**. "
         "Cells: **ours mean ± sample std over seeds** · paper value, Δ = ours − paper. "
-        "A cell without a number says why.",
+        "A cell without a number says why."
+        + (
+            " Cells marked (95% CI): ± is the half-width of the evaluation's own 95% interval "
+            "(bootstrap over the examples), the paper's ± likewise."
+            if any(r.get("reproduced_ci95") for r in rows)
+            else ""
+        ),
         "",
         f"Seeds per cell: {', '.join(sorted(seeds)) or 'none finished'}.",
         "",
