@@ -27,22 +27,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+from _timing import ROOT, cpu_model, time_chunk
 
 from sslaug.engine.pretrain import build_view_maker
 from sslaug.engine.trainer import _param_groups, build_optimizer, lr_at
@@ -56,11 +50,6 @@ PAIRS = {
     "clsa": ("mocov2", ("standard", (), "MoCo v2"), ("clsa", CLSA_SINGLE, "CLSA-Single")),
     "msr": ("byol", ("standard", (("recipe", "aggressive"),), "BYOL (AA)"), ("msr", (("beta_base", 0.4),), "BYOL+MSR")),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_side(
@@ -106,13 +95,14 @@ def make_side(
     return {"model": model_step, "full": full_step, "views": [tuple(v.shape) for v in fixed_views]}
 
 
-def time_steps(step: Callable[[int], None], start: int, n: int, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in range(start, start + n):
-        step(i)
-    _sync(device)
-    return time.perf_counter() - t0
+def _chunk(step: Any) -> Any:
+    """``step(i)`` as a bench side ``run(start, n)`` (see ``_timing``)."""
+
+    def run(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            step(i)
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "base": make_side(method_name, base_aug, base_opts, args.batch_size, device, args.seed, total),
         "variant": make_side(method_name, var_aug, var_opts, args.batch_size, device, args.seed, total),
     }
-    dev_desc = torch.cuda.get_device_name(device) if use_cuda else f"CPU ({os.cpu_count()} logical cores)"
+    dev_desc = torch.cuda.get_device_name(device) if use_cuda else f"CPU: {cpu_model()}"
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": dev_desc,
@@ -159,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         start = args.warmup
         for n in chunks:
             for name, side in sides.items():
-                seconds[name].append(time_steps(side[kind], start, n, device))
+                seconds[name].append(time_chunk(_chunk(side[kind]), start, n, device))
             start += n
         ms = {name: 1000 * sum(t) / args.steps for name, t in seconds.items()}
         ratio = ms["variant"] / ms["base"]

@@ -26,3 +26,14 @@ def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "mini"
     assert prepare(["--dataset", "mini", "--source", "generate", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def small_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller mini set (24 train / 4 test images per class) for short training runs."""
+    from sslaug.data.prepare import main as prepare
+
+    out = tmp_path_factory.mktemp("small") / "mini"
+    options = ["--option", "train_per_class=24", "--option", "test_per_class=4"]
+    assert prepare(["--dataset", "mini", "--source", "generate", "--out", str(out), *options]) == 0
+    return out

@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,31 @@ from sslaug.data import formats, mini, prepare, sources
 
 
 def run_prepare(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """Run the CLI in-process; return (exit status, stderr)."""
+    """Run the CLI in-process; return (exit status, stderr).
+
+    Every successful real-source preparation is also checked to write the splits that
+    ``sources.prepared_splits`` declares, which the scale guard (test_scale_datasets.py)
+    relies on to check each scale's split names without preparing anything.
+    """
     rc = prepare.main(list(args))
+    if rc == 0:
+        assert_declared_splits(args)
     return rc, capsys.readouterr().err
+
+
+def assert_declared_splits(args: Sequence[str]) -> None:
+    """The prepared dataset has exactly the declared splits (a generic ImageFolder tree: some of them)."""
+    parsed = prepare._parser().parse_args(list(args))
+    if parsed.source == "generate":
+        return
+    options = prepare.parse_options(parsed.option)
+    spec = sources.SOURCES[parsed.dataset]
+    declared = set(sources.prepared_splits(spec, options))
+    written = set(formats.read_meta(Path(parsed.out))["splits"])
+    if spec.preparer == "imagefolder" and "splits" not in options:  # whichever of train/val/test exist
+        assert written <= declared, f"{parsed.dataset}: wrote splits {sorted(written)}, declared {sorted(declared)}"
+    else:
+        assert written == declared, f"{parsed.dataset}: wrote splits {sorted(written)}, declared {sorted(declared)}"
 
 
 def use_fake_archives(monkeypatch: pytest.MonkeyPatch, name: str, archives: dict[str, Path]) -> None:
@@ -518,10 +541,10 @@ def test_tiny_imagenet_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         save_jpeg(src / "val" / "images" / f"val_{i}.JPEG", 10 + i, size=(64, 64))
     (src / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t10\t10\nval_1.JPEG\tn01\t1\t1\t9\t9\n")
     archive = zip_dir(src, tmp_path / "tiny-imagenet-200.zip", "tiny-imagenet-200")
-    use_fake_archives(monkeypatch, "tiny_imagenet", {archive.name: archive})
+    use_fake_archives(monkeypatch, "tinyimagenet", {archive.name: archive})
     out = tmp_path / "out" / "tiny"
     rc, err = run_prepare(
-        capsys, "--dataset", "tiny_imagenet", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
+        capsys, "--dataset", "tinyimagenet", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
     )
     assert rc == 0, err
     meta = formats.read_meta(out)
@@ -666,9 +689,12 @@ def test_sources_table_consistent() -> None:
     assert sources.SOURCES["cifar10"].resources[0].md5 == "c58f30108f718f92721af3b95e74349a"
 
 
-def fake_voc_tar(tmp_path: Path, split: str, stems: list[str], archive_name: str) -> Path:
-    """A VOCdevkit/VOC2007 tarball: JPEGImages, Annotations (XML), ImageSets/Main/{split}.txt."""
-    base = tmp_path / split / "VOCdevkit" / "VOC2007"
+def fake_voc_tar(
+    tmp_path: Path, split: str, stems: list[str], archive_name: str, year: str = "2007", name: str = "dog"
+) -> Path:
+    """A VOCdevkit/VOC{year} tarball: JPEGImages, Annotations (XML; a ``name`` box and a difficult
+    person), ImageSets/Main/{split}.txt."""
+    base = tmp_path / f"{year}_{split}" / "VOCdevkit" / f"VOC{year}"
     (base / "Annotations").mkdir(parents=True)
     (base / "ImageSets" / "Main").mkdir(parents=True)
     (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
@@ -677,14 +703,14 @@ def fake_voc_tar(tmp_path: Path, split: str, stems: list[str], archive_name: str
         (base / "Annotations" / f"{stem}.xml").write_text(
             f"<annotation><filename>{stem}.jpg</filename><size><width>40</width><height>30</height>"
             "<depth>3</depth></size>"
-            "<object><name>dog</name><difficult>0</difficult>"
+            f"<object><name>{name}</name><difficult>0</difficult>"
             "<bndbox><xmin>5</xmin><ymin>6</ymin><xmax>20</xmax><ymax>25</ymax></bndbox></object>"
             "<object><name>person</name><difficult>1</difficult>"
             "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object></annotation>"
         )
     archive = tmp_path / archive_name
     with tarfile.open(archive, "w") as tar:
-        tar.add(tmp_path / split / "VOCdevkit", arcname="VOCdevkit")
+        tar.add(tmp_path / f"{year}_{split}" / "VOCdevkit", arcname="VOCdevkit")
     return archive
 
 
@@ -699,10 +725,10 @@ def test_voc_download_prepare(
         ),
         "VOCtest_06-Nov-2007.tar": fake_voc_tar(tmp_path, "test", ["000001"], "VOCtest_06-Nov-2007.tar"),
     }
-    use_fake_archives(monkeypatch, "voc2007", archives)
-    out = tmp_path / "out" / "voc2007"
+    use_fake_archives(monkeypatch, "voc07", archives)
+    out = tmp_path / "out" / "voc07"
     rc, err = run_prepare(
-        capsys, "--dataset", "voc2007", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
+        capsys, "--dataset", "voc07", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
     )
     assert rc == 0, err
     meta = formats.read_meta(out)
@@ -716,3 +742,112 @@ def test_voc_download_prepare(
     assert target["boxes"].tolist() == [[4.0, 5.0, 20.0, 25.0]] and target["labels"].tolist() == [
         12
     ]  # dog; difficult dropped
+
+
+def fake_voc0712_archives(tmp_path: Path) -> dict[str, Path]:
+    """The three VOC07+12 archives: 2007 trainval (dogs), 2007 test (dog), 2012 trainval (cats).
+
+    Both 2007 tarballs extract into one VOCdevkit/VOC2007 folder, as the real ones do.
+    """
+    return {
+        "VOCtrainval_06-Nov-2007.tar": fake_voc_tar(
+            tmp_path, "trainval", ["000005", "000007"], "VOCtrainval_06-Nov-2007.tar"
+        ),
+        "VOCtest_06-Nov-2007.tar": fake_voc_tar(tmp_path, "test", ["000001", "000002"], "VOCtest_06-Nov-2007.tar"),
+        "VOCtrainval_11-May-2012.tar": fake_voc_tar(
+            tmp_path, "trainval", ["2008_000002", "2008_000003", "2009_000001"], "VOCtrainval_11-May-2012.tar",
+            year="2012", name="cat",
+        ),
+    }  # fmt: skip
+
+
+def test_voc0712_download_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pycocotools.coco import COCO
+
+    use_fake_archives(monkeypatch, "voc0712", fake_voc0712_archives(tmp_path))
+    out = tmp_path / "out" / "voc0712"
+    rc, err = run_prepare(
+        capsys, "--dataset", "voc0712", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
+    )
+    assert rc == 0, err
+    meta = formats.read_meta(out)
+    # train = VOC2007 trainval + VOC2012 trainval, test = VOC2007 test.
+    assert meta["splits"] == {"trainval": 5, "test": 2}
+    assert [c["name"] for c in meta["categories"]] == list(sources.VOC_CLASSES) and meta["model_num_classes"] == 21
+
+    train, train_ann = formats.open_coco(out, "trainval")
+    coco = COCO(str(train_ann))
+    assert sorted(coco.getImgIds()) == [1, 2, 3, 4, 5]  # one id per image: the years' ids do not collide
+    names = [im["file_name"] for im in train.images]
+    assert names == [
+        "VOC2007/000005.jpg", "VOC2007/000007.jpg",
+        "VOC2012/2008_000002.jpg", "VOC2012/2008_000003.jpg", "VOC2012/2009_000001.jpg",
+    ]  # fmt: skip
+    labels = [train[i][1]["labels"].tolist() for i in range(len(train))]
+    assert labels == [[12], [12], [8], [8], [8]]  # dog (2007), cat (2012); difficult persons dropped
+    for i in range(len(train)):
+        assert train[i][0].shape == (3, 30, 40)
+    assert all(len(coco.getAnnIds(imgIds=[i])) == 2 for i in coco.getImgIds())
+
+    test, _ = formats.open_coco(out, "test")
+    test_names = [im["file_name"] for im in test.images]
+    assert test_names == ["000001.jpg", "000002.jpg"]
+    train_files = {(train.image_dir / n).resolve() for n in names}
+    test_files = {(test.image_dir / n).resolve() for n in test_names}
+    assert all(p.is_file() for p in train_files | test_files)
+    assert not train_files & test_files  # the VOC2007 test images are not trained on
+    extracted = tmp_path / "dl" / "extracted" / "VOCdevkit"
+    assert test_files == {extracted / "VOC2007" / "JPEGImages" / n for n in test_names}
+
+    # The same from the extracted copy, with copied images instead of links.
+    copied = tmp_path / "out" / "voc0712_copy"
+    rc, err = run_prepare(
+        capsys, "--dataset", "voc0712", "--source", "path", "--root", str(extracted.parent), "--out", str(copied),
+        "--option", "link=copy",
+    )  # fmt: skip
+    assert rc == 0, err
+    image = copied / "images" / "trainval" / "VOC2012" / "2009_000001.jpg"
+    assert image.is_file() and not image.is_symlink() and not image.parent.is_symlink()
+    assert (copied / "annotations" / "instances_trainval.json").read_bytes() == train_ann.read_bytes()
+
+
+def test_voc0712_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archives = fake_voc0712_archives(tmp_path)
+    raw = tmp_path / "raw"
+    for name in ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"):  # no VOC2012
+        with tarfile.open(archives[name]) as tar:
+            tar.extractall(raw, filter="data")
+    out = tmp_path / "out" / "voc0712"
+    rc, err = run_prepare(capsys, "--dataset", "voc0712", "--source", "path", "--root", str(raw), "--out", str(out))
+    assert rc == 1 and "VOCdevkit/VOC2012/ImageSets/Main" in err and not out.exists()
+    rc, err = run_prepare(
+        capsys, "--dataset", "voc0712", "--source", "path", "--root", str(raw), "--out", str(out),
+        "--option", "splits=trainval=2007+12",
+    )  # fmt: skip
+    assert rc == 1 and "trainval=2007+12" in err and "SPLIT=YEAR+YEAR" in err and not out.exists()
+    (raw / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000001.jpg").unlink()
+    rc, err = run_prepare(
+        capsys, "--dataset", "voc0712", "--source", "path", "--root", str(raw), "--out", str(out),
+        "--option", "splits=test=2007",
+    )  # fmt: skip
+    assert rc == 1 and "000001.jpg" in err and not out.exists()
+
+
+def test_voc12_download_prepare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = fake_voc_tar(
+        tmp_path, "trainval", ["2008_000002", "2010_000001"], "VOCtrainval_11-May-2012.tar", year="2012", name="cat"
+    )
+    use_fake_archives(monkeypatch, "voc12", {archive.name: archive})
+    out = tmp_path / "out" / "voc12"
+    rc, err = run_prepare(
+        capsys, "--dataset", "voc12", "--source", "download", "--out", str(out), "--root", str(tmp_path / "dl")
+    )
+    assert rc == 0, err
+    assert formats.read_meta(out)["splits"] == {"trainval": 2}
+    ds, _ = formats.open_coco(out, "trainval")
+    assert [im["file_name"] for im in ds.images] == ["2008_000002.jpg", "2010_000001.jpg"]
+    assert ds[1][1]["labels"].tolist() == [8]  # cat

@@ -15,7 +15,6 @@ from conftest import ROOT
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
 
 from sslaug.augment.views import normalize_uint8
-from sslaug.data.prepare import main as prepare
 from sslaug.engine.pretrain import build_view_maker
 from sslaug.engine.pretrain import main as pretrain_main
 from sslaug.engine.trainer import TrainConfig, cosine_value
@@ -188,14 +187,6 @@ def test_prototypes_stay_frozen_for_the_first_epoch() -> None:
     assert method.frozen_parameters(0.25) == []
 
 
-@pytest.fixture(scope="module")
-def small_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("small") / "mini"
-    options = ["--option", "train_per_class=24", "--option", "test_per_class=4"]
-    assert prepare(["--dataset", "mini", "--source", "generate", "--out", str(out), *options]) == 0
-    return out
-
-
 @pytest.mark.parametrize("method", ["dino", "dinov2"])
 def test_dino_methods_train_without_collapse(method: str, small_mini: Path, tmp_path: Path) -> None:
     """A short run: finite losses, an encoder the evaluations can rebuild, and features that did not
@@ -216,3 +207,20 @@ def test_dino_methods_train_without_collapse(method: str, small_mini: Path, tmp_
     similarity = features @ features.T
     off_diagonal = similarity[~torch.eye(len(features), dtype=torch.bool)]
     assert off_diagonal.mean() < 0.95, f"{method}: features collapsed (mean cosine {off_diagonal.mean():.3f})"
+
+
+def test_layer_wise_lr_decay_groups() -> None:
+    """DINOv2's optimiser groups: block i of L at 0.9^(L - i), the patch embedding at 0.9^(L + 1) x 0.2."""
+    from sslaug.engine.trainer import _param_groups
+    from sslaug.models.backbones import vit_lr_scales
+
+    spec = _spec("dinov2")
+    method = build_method("dinov2", build_backbone("vit_mini", 32), {**spec["hparams"], "epochs": 6})
+    groups = _param_groups(method, 0.04, True, None, vit_lr_scales(method.backbone, 0.9, 0.2))
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    depth = len(method.backbone.blocks)
+    assert scale_of[id(method.backbone.blocks[0].attn.qkv.weight)] == pytest.approx(0.9**depth)
+    assert scale_of[id(method.backbone.blocks[-1].mlp.fc1.weight)] == pytest.approx(0.9)
+    assert scale_of[id(method.backbone.patch_embed.proj.weight)] == pytest.approx(0.9 ** (depth + 1) * 0.2)
+    assert scale_of[id(method.backbone.norm.weight)] == 1.0 and scale_of[id(method.head.mlp[0].weight)] == 1.0
+    assert all(g["weight_decay"] == 0.0 for g in groups if any(p.ndim <= 1 for p in g["params"]))

@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-from sslaug.data.prepare import main as prepare
 from sslaug.engine.pretrain import main as pretrain_main
 from sslaug.evaluate.linear import main as linear_main
 from sslaug.io import atomic_torch_save
@@ -55,13 +54,6 @@ def test_ssl_pretraining_beats_random_init_on_linear_probe(mini_dataset: Path, t
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss") and len(rows) > 5
     assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
-
-
-@pytest.fixture(scope="module")
-def small_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("small") / "mini"
-    assert prepare(["--dataset", "mini", "--source", "generate", "--out", str(out), "--option", "train_per_class=24", "--option", "test_per_class=4"]) == 0
-    return out
 
 
 def _pretrain_command(spec: dict, data: Path, run_dir: Path) -> list[str]:

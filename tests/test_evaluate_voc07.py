@@ -44,3 +44,21 @@ def test_voc07_svm_map_on_array_and_coco_sets(dataset: str, encoder: Path, tmp_p
     assert code == 0
     result = json.loads(out.read_text())
     assert result["protocol"] == "voc07_cls" and 0.0 <= result["metrics"]["map"] <= 100.0
+
+
+def test_clsa_sgd_classifier_learns_separable_multilabel_data() -> None:
+    """CLSA's VOC07 protocol: one linear layer, SGD + multi-label BCE; on separable features it ranks
+    every positive first (mAP 100), and an untrained layer does not."""
+    from sslaug.evaluate.voc07 import VOC07Config, average_precision, sgd_scores
+
+    generator = torch.Generator().manual_seed(0)
+    labels = (torch.rand(200, 4, generator=generator) < 0.3).long()
+    features = labels.float() * 2 - 1 + 0.1 * torch.randn(200, 4, generator=generator)
+    config = VOC07Config(classifier="sgd", epochs=20, batch_size=32)
+    scores = sgd_scores(features[:150], labels[:150].numpy(), features[150:], config, seed=0)
+    assert average_precision(labels[150:].numpy(), scores, "all") == pytest.approx(100.0)
+    untrained = VOC07Config(classifier="sgd", epochs=0)
+    random_scores = sgd_scores(features[:150], labels[:150].numpy(), features[150:], untrained, seed=0)
+    assert average_precision(labels[150:].numpy(), random_scores, "all") < 90.0
+    with pytest.raises(ValueError, match="classifier"):
+        VOC07Config(classifier="adam")

@@ -49,3 +49,18 @@ def test_cosine_regression_does_not_backpropagate_into_target() -> None:
     z = torch.randn(4, 8, requires_grad=True)
     cosine_regression_loss(p, z).backward()
     assert p.grad is not None and z.grad is None
+
+
+def test_queue_resumes_at_its_pointer_after_load_state_dict() -> None:
+    """The queue keeps a host copy of its pointer (no device sync per step); a checkpoint load resets it."""
+    from sslaug.methods.queue import KeyQueue
+
+    queue = KeyQueue(size=8, dim=4)
+    queue.enqueue(torch.randn(3, 4))
+    resumed = KeyQueue(size=8, dim=4)
+    resumed.enqueue(torch.randn(2, 4))  # its host pointer is now 2
+    resumed.load_state_dict(queue.state_dict())
+    keys = torch.randn(2, 4)
+    resumed.enqueue(keys)
+    assert int(resumed.pointer) == 5
+    assert torch.allclose(resumed.keys[3:5], torch.nn.functional.normalize(keys, dim=1))

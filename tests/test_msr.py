@@ -15,7 +15,6 @@ from conftest import ROOT
 from kornia.color import rgb_to_grayscale
 
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD, MSR_RECIPE, NAMED_RECIPES, MultiStagePipeline, recipe_for
-from sslaug.data.prepare import main as prepare
 from sslaug.engine.pretrain import build_view_maker
 from sslaug.engine.pretrain import main as pretrain_main
 from sslaug.methods import build_method
@@ -214,14 +213,6 @@ def test_paper_scale_takes_msrs_optimisation_for_msr_and_its_byol_baselines() ->
         spec = train_of("byol", "msr", "imagenet", epochs)
         assert (spec["train"]["optimizer"], spec["train"]["base_lr"], spec["train"]["batch_size"]) == ("lars", lr, 2048)
         assert spec["hparams"]["momentum_base"] == 0.99 and spec["train"]["weight_decay"] == 1e-6
-
-
-@pytest.fixture(scope="module")
-def small_mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("small") / "mini"
-    options = ["--option", "train_per_class=24", "--option", "test_per_class=4"]
-    assert prepare(["--dataset", "mini", "--source", "generate", "--out", str(out), *options]) == 0
-    return out
 
 
 def _train(method: str, options: tuple, data: Path, run_dir: Path, epochs: int, **train) -> dict:

@@ -67,7 +67,11 @@ ENCODER_PAIR_PROTOCOLS = frozenset({"cka_opd"})
 REFERENCE_ENCODERS = frozenset({"clip"})
 ENCODER_OPTIONS = ("encoder_a", "encoder_b")
 #: Scale evaluation settings the plan consumes itself (never passed to an entry point).
-PLAN_SETTINGS = ("ignore_options", "encoder_seeds")
+#: ``recipes``: named protocols (``evaluations.<protocol>.recipes.<name>``) that a cell picks with
+#: the evaluation option ``recipe``; the name stays in the evaluation id, so two papers'
+#: protocols never share a result.
+PLAN_SETTINGS = ("ignore_options", "encoder_seeds", "recipes")
+RECIPE_OPTION = "recipe"
 _ENCODER_NAME = re.compile(r"(?P<method>[a-z0-9]+)_seed(?P<index>[1-9][0-9]*)")
 
 
@@ -279,6 +283,7 @@ def build_plan(tables: Mapping[str, Any], scale_name: str, scale: Mapping[str, A
                     dataset=map_name(dataset_map, ev["dataset"]),
                     options=tuple(sorted((k, v) for k, v in (ev.get("options") or {}).items() if k not in ignored)),
                 )
+                _check_recipe(evaluation, scale, where)
                 if evaluation.protocol in ENCODER_PAIR_PROTOCOLS:
                     runs, evaluation = _encoder_pair_cell(runs[0], evaluation, scale, where)
                     partner = partner_run(runs[0], evaluation, scale)
@@ -365,6 +370,7 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
             settings = {key: {**settings[key], **override.get(key, {})} for key in settings}
     if run.recipe or run.augmentation == "msr":
         settings["views"] = {}  # MSR's named and multi-stage recipes take no method view tweaks (recipe_for)
+    splits = pretrain_splits(scale, run.dataset)
     return {
         "run": run.run_id,
         "scale": scale_name,
@@ -376,6 +382,8 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
         "epochs": run.epochs,
         "seed": run.seed,
         "image_size": scale["datasets"][run.dataset]["image_size"],
+        # Only a non-default list enters the spec, so the specs of existing runs stay byte-identical.
+        **({"pretrain_splits": splits} if splits != [DEFAULT_PRETRAIN_SPLIT] else {}),
         **{key: value for key, value in settings.items() if value or key in ("train", "hparams", "views")},
         **({"stylizer": scale["stylizer"]} if run.augmentation == "sassl" else {}),
         # CLSA / Rescue: the scale's strong-augmentation settings (config/scales/*.yaml: strong).
@@ -383,9 +391,46 @@ def run_spec(run: PretrainRun, scale_name: str, scale: Mapping[str, Any]) -> dic
     }
 
 
+def _check_recipe(evaluation: Evaluation, scale: Mapping[str, Any], where: str) -> None:
+    """A cell's ``recipe`` must name one of the scale's ``evaluations.<protocol>.recipes``."""
+    recipe = dict(evaluation.options).get(RECIPE_OPTION)
+    if recipe is None:
+        return
+    recipes = scale.get("evaluations", {}).get(evaluation.protocol, {}).get("recipes", {})
+    if recipe not in recipes:
+        raise PlanError(
+            f"{where} evaluation: recipe {recipe!r} is not in the scale's evaluations.{evaluation.protocol}.recipes "
+            f"(known: {sorted(recipes)}; or list 'recipe' in evaluations.{evaluation.protocol}.ignore_options)"
+        )
+
+
 def eval_spec(evaluation: Evaluation, scale: Mapping[str, Any]) -> dict[str, Any]:
-    """The scale's protocol settings with the cell's evaluation options on top."""
-    settings = {k: v for k, v in scale["evaluations"].get(evaluation.protocol, {}).items() if k not in PLAN_SETTINGS}
+    """The scale's protocol settings, then the cell's named recipe, then its other evaluation options."""
+    protocol = scale["evaluations"].get(evaluation.protocol, {})
+    settings = {k: v for k, v in protocol.items() if k not in PLAN_SETTINGS}
     # A pair protocol's encoders are the rule's inputs, not settings of its entry point.
     options = {k: v for k, v in evaluation.options if k not in ENCODER_OPTIONS}
+    if RECIPE_OPTION in options:
+        _check_recipe(evaluation, scale, f"evaluation {evaluation.protocol}/{evaluation.eval_id}")
+        settings.update(protocol["recipes"][options[RECIPE_OPTION]])
     return {**settings, **options}
+
+
+def eval_split_name(scale: Mapping[str, Any], protocol: str, dataset: str, role: str) -> str:
+    """The split of ``dataset`` that an evaluation with ``protocol`` reads as ``role`` (train or test).
+
+    The scale's ``datasets.<name>.splits`` names it; else ``train`` / ``test``, except that
+    detection tests on ``val`` (COCO's split names).
+    """
+    if role not in ("train", "test"):
+        raise ValueError(f"split role {role!r}: expected train or test")
+    default = "val" if protocol == "detection" and role == "test" else role
+    return scale["datasets"].get(dataset, {}).get("splits", {}).get(role, default)
+
+
+DEFAULT_PRETRAIN_SPLIT = "train"
+
+
+def pretrain_splits(scale: Mapping[str, Any], dataset: str) -> list[str]:
+    """The splits of ``dataset`` that pretraining reads, concatenated (``datasets.<name>.splits.pretrain``)."""
+    return list(scale["datasets"].get(dataset, {}).get("splits", {}).get("pretrain", [DEFAULT_PRETRAIN_SPLIT]))

@@ -14,6 +14,7 @@ from sslaug.plan import (
     PRETRAIN_PROTOCOLS,
     Evaluation,
     eval_spec,
+    eval_split_name,
     gap_reason,
     partner_run,
     run_spec,
@@ -142,7 +143,8 @@ def stylizer_setting(key):
     """Params function: one setting of the scale's SASSL stylizer."""
 
     def setting(wildcards):
-        return SCALE_CFG["stylizer"].get(key, 64 if key == "batch_size" else None)
+        defaults = {"batch_size": 64, "max_style_images": 0}  # 0: every style image
+        return SCALE_CFG["stylizer"].get(key, defaults.get(key))
 
     setting.__name__ = f"stylizer_{key}"
     return setting
@@ -258,15 +260,10 @@ def eval_settings(protocol):
 
 def eval_split(protocol, role):
     """Params function: the dataset's train or test split name (scale `datasets.<name>.splits`)."""
-    default = {"train": "train", "test": "val" if protocol == "detection" else "test"}[
-        role
-    ]
 
     def split(wildcards):
         dataset = evaluation_of(protocol, wildcards).dataset
-        return (
-            SCALE_CFG["datasets"].get(dataset, {}).get("splits", {}).get(role, default)
-        )
+        return eval_split_name(SCALE_CFG, protocol, dataset, role)
 
     split.__name__ = f"{protocol}_{role}_split"
     return split

@@ -46,10 +46,11 @@ rule precompute_style_features:
         weights=stylizer_setting("weights"),
         config=stylizer_config,
         batch_size=stylizer_setting("batch_size"),
+        max_images=stylizer_setting("max_style_images"),
     shell:
         "python -m sslaug.augment.style_features --styles {input.styles} --stylizer {params.weights} "
-        "--config {params.config:q} --batch-size {params.batch_size} --threads {threads} "
-        "--out {output} > {log} 2>&1"
+        "--config {params.config:q} --batch-size {params.batch_size} --max-images {params.max_images} "
+        "--workers {threads} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule precompute_generative_views:

@@ -4,6 +4,11 @@ Each image has V precomputed generated views (precompute_generative_views). Ever
 a view index k in 0..V-1 is drawn per image; with probability p the generated view k
 replaces the image for one view (default) or both, and then goes through the strategy's
 pipeline: the full standard pipeline (default), random crop + flip only, or nothing.
+
+For pre-cropped input (image-folder datasets: the loader made the pipeline's crop of
+the photo), the default strategy crops a substituted generated image here with the
+pipeline's own crop (kornia, on the full generated image, the same spec) and then runs
+the rest of the pipeline on the merged batch, so it sees exactly what it would have.
 """
 
 from __future__ import annotations
@@ -103,18 +108,28 @@ class GenerativeAugment(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, images: torch.Tensor, indices: torch.Tensor, epoch: int, pipeline: ViewPipeline
+        self,
+        images: torch.Tensor,
+        indices: torch.Tensor,
+        epoch: int,
+        pipeline: ViewPipeline,
+        precropped: bool = False,
     ) -> torch.Tensor:
+        """``images``: full uint8 images, or (``precropped``) the loader's crops to ``pipeline.crop_spec``."""
         replace = torch.rand(images.shape[0], device=images.device) < self.config.p
         if not bool(replace.any()):
-            return pipeline(images)
+            return pipeline(images, precropped=precropped)
         chosen = indices[replace.cpu()].cpu()
         generated = self.bank.lookup(chosen.numpy(), self.view_indices(epoch)[chosen].numpy()).to(images.device)
         if self.config.strategy == "generative_standard":
+            if precropped:  # crop the generated images as the pipeline would have, keep the loader's other crops
+                crops = pipeline.crops(images, precropped=True)
+                crops[replace] = pipeline.crops(generated)
+                return pipeline.augment_crops(crops)
             mixed = images.clone()
             mixed[replace] = generated
             return pipeline(mixed)
-        out = pipeline(images)
+        out = pipeline(images, precropped=precropped)
         if self.config.strategy == "generative_crop":
             out[replace] = self.crop_pipeline(generated)
         else:  # generative_only: the generated image as it is

@@ -49,9 +49,12 @@ class StyleAugment(nn.Module):
         chosen = torch.rand(n, device=crops.device) < c.p
         if not bool(chosen.any()):
             return crops
+        z_content = None
         if self.style_bank is None:
-            # In-batch styles: each image takes the style of its neighbour (circular shift).
-            z_style = self.stylizer.embed_style(crops.roll(1, dims=0))[chosen]
+            # In-batch styles: each image takes the style of its neighbour (circular shift). One
+            # pass of the style predictor gives both the content's and the style's vectors.
+            z_all = self.stylizer.embed_style(crops)
+            z_content, z_style = z_all[chosen], z_all.roll(1, dims=0)[chosen]
         else:
             index = torch.randint(self.style_bank.shape[0], (int(chosen.sum()),), device=crops.device)
             z_style = self.style_bank[index]
@@ -59,7 +62,7 @@ class StyleAugment(nn.Module):
         alpha = torch.empty(k, device=crops.device).uniform_(c.alpha_min, c.alpha_max)
         beta = torch.empty(k, device=crops.device).uniform_(c.beta_min, c.beta_max)
         out = crops.clone()
-        out[chosen] = self.stylizer.stylize(crops[chosen], z_style, alpha, beta).clamp(0, 1)
+        out[chosen] = self.stylizer.stylize(crops[chosen], z_style, alpha, beta, z_content).clamp(0, 1)
         return out
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sslaug.augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewPipeline, ViewRecipe
+from sslaug.data.crops import CropSpec
 from sslaug.settings import apply_overrides
 
 
@@ -168,7 +169,7 @@ class StrongAugment(nn.Module):
 class StrongViewPipeline(nn.Module):
     """uint8 batch -> a strong view: the weak recipe's pipeline (unnormalised), then the
     strong pool, then normalisation (CLSA: "MoCo v2 weak pipeline followed by the 14-op
-    strong augmentation")."""
+    strong augmentation"). Its crop is the weak pipeline's (``crop_spec``)."""
 
     def __init__(self, recipe: ViewRecipe, size: int, config: StrongConfig) -> None:
         super().__init__()
@@ -176,9 +177,15 @@ class StrongViewPipeline(nn.Module):
         self.strong = StrongAugment(config)
         self.normalize = K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD))
 
+    @property
+    def crop_spec(self) -> CropSpec:
+        return self.weak.crop_spec
+
     @torch.no_grad()
-    def forward(self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None) -> torch.Tensor:
-        return self.normalize(self.strong(self.weak(images_uint8, after_crop=after_crop)))
+    def forward(
+        self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None, precropped: bool = False
+    ) -> torch.Tensor:
+        return self.normalize(self.strong(self.weak(images_uint8, after_crop=after_crop, precropped=precropped)))
 
 
 # CLSA's strong crops (IMPLEMENTATION_NOTES, CLSA): (size at 224 px, min scale, max scale).

@@ -389,6 +389,7 @@ class Stylizer(nn.Module):
         style_embedding: torch.Tensor,
         alpha: float | torch.Tensor,
         beta: float | torch.Tensor,
+        content_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """SASSL Algorithm 1 for a batch of content images.
 
@@ -399,6 +400,7 @@ class Stylizer(nn.Module):
                 with ``z_c = F(i_c)``; 0 keeps the content's own style vector.
             beta: interpolation factor (scalar or ``[B]``):
                 ``i_cs = (1 - beta) i_c + beta T(i_c, z)``; 0 returns ``i_c``.
+            content_embedding: ``z_c`` if the caller already has it (saves a style-predictor pass).
 
         Returns:
             The stylized batch ``[B, 3, H, W]`` in [0, 1].
@@ -409,7 +411,7 @@ class Stylizer(nn.Module):
             z_s = z_s.expand(batch, -1)
         a = _per_sample(alpha, batch, 2, content)
         b = _per_sample(beta, batch, 4, content)
-        z_c = self.embed_style(content)
+        z_c = self.embed_style(content) if content_embedding is None else content_embedding
         z = (1 - a) * z_c + a * z_s  # Eq. 10: feature blending
         stylized = self.transformer(content, z)  # Eq. 9
         return (1 - b) * content + b * stylized  # Eq. 11: pixel interpolation

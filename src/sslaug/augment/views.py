@@ -1,7 +1,11 @@
 """SSL view recipes as batched tensor pipelines with per-sample random parameters.
 
 Augmentations run on whole uint8 batches on the training device (kornia), so a
-training step never waits for per-image Python work on the CPU.
+training step never waits for per-image Python work on the CPU. Each pipeline starts
+with a RandomResizedCrop, described by its :class:`~sslaug.data.crops.CropSpec`: on full
+images (array datasets) the pipeline crops on the device; for image-folder datasets the
+loader has already cropped the full-resolution photo to that spec (``precropped=True``),
+and the pipeline checks the crop's size and goes on from there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 from torch import nn
+
+from sslaug.data.crops import CropSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,6 +151,20 @@ def with_overrides(recipe: ViewRecipe, overrides: dict[str, Any] | None) -> View
     return replace(recipe, **overrides)
 
 
+def crop_input(crop: nn.Module, spec: CropSpec, images_uint8: torch.Tensor, precropped: bool) -> torch.Tensor:
+    """Float crops in [0, 1]: ``crop`` applied to full images, or the loader's crops to ``spec``
+    (checked, so a crop made for another pipeline fails here instead of training silently)."""
+    images = images_uint8.float().div_(255)
+    if not precropped:
+        return crop(images)
+    if tuple(images.shape[-2:]) != (spec.size, spec.size):
+        raise ValueError(
+            f"pre-cropped batch of {tuple(images.shape[-2:])} px for a pipeline whose crop is {spec.size} px: "
+            "the loader's crop specs and the view pipelines are out of order"
+        )
+    return images
+
+
 def colour_ops(recipe: ViewRecipe, size: int) -> list[nn.Module]:
     """The recipe's operations after crop and flip: jitter, grayscale, blur, solarize (in this order)."""
     b, c, s, h = recipe.jitter
@@ -168,22 +188,34 @@ class ViewPipeline(nn.Module):
 
     Two stages, so that an augmentation can act between them (SASSL stylizes the
     random crop before the remaining colour augmentations, SASSL Sec. 4 / Fig. 1).
+    With ``precropped=True`` the input is already this pipeline's crop (``crop_spec``,
+    made by the image-folder loader) and the ``crop`` stage is skipped.
     """
 
     def __init__(self, recipe: ViewRecipe, size: int, normalize: bool = True) -> None:
         super().__init__()
-        self.crop = K.RandomResizedCrop((size, size), scale=recipe.crop_scale)
+        self.crop_spec = CropSpec(size, tuple(recipe.crop_scale))
+        self.crop = K.RandomResizedCrop((size, size), scale=self.crop_spec.scale, ratio=self.crop_spec.ratio)
         ops: list[nn.Module] = [K.RandomHorizontalFlip(p=recipe.flip_p), *colour_ops(recipe, size)]
         if normalize:
             ops.append(K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)))
         self.rest = nn.Sequential(*ops)
 
-    @torch.no_grad()
-    def forward(self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None) -> torch.Tensor:
-        crops = self.crop(images_uint8.float().div_(255))
+    def crops(self, images_uint8: torch.Tensor, precropped: bool = False) -> torch.Tensor:
+        """The first stage: float crops in [0, 1]."""
+        return crop_input(self.crop, self.crop_spec, images_uint8, precropped)
+
+    def augment_crops(self, crops: torch.Tensor, after_crop: nn.Module | None = None) -> torch.Tensor:
+        """The second stage: ``after_crop`` (SASSL's stylization), flip, colour, normalisation."""
         if after_crop is not None:
             crops = after_crop(crops)
         return self.rest(crops)
+
+    @torch.no_grad()
+    def forward(
+        self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None, precropped: bool = False
+    ) -> torch.Tensor:
+        return self.augment_crops(self.crops(images_uint8, precropped), after_crop)
 
 
 class MultiStagePipeline(nn.Module):
@@ -191,21 +223,25 @@ class MultiStagePipeline(nn.Module):
 
     ``t1`` = RandomResizedCrop + flip gives the weak view; ``t2`` = the recipe's colour
     operations (jitter, grayscale, blur) act on that same weak crop, so the aggressive view
-    is ``t2(t1(x))`` and both come from one crop at the cost of about one pipeline.
+    is ``t2(t1(x))`` and both come from one crop at the cost of about one pipeline, so
+    one ``crop_spec``.
     """
 
     def __init__(self, recipe: ViewRecipe, size: int) -> None:
         super().__init__()
-        self.crop = K.RandomResizedCrop((size, size), scale=recipe.crop_scale)
+        self.crop_spec = CropSpec(size, tuple(recipe.crop_scale))
+        self.crop = K.RandomResizedCrop((size, size), scale=self.crop_spec.scale, ratio=self.crop_spec.ratio)
         self.flip = K.RandomHorizontalFlip(p=recipe.flip_p)
         self.second = nn.Sequential(*colour_ops(recipe, size))
         self.normalize = K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD))
 
     @torch.no_grad()
-    def forward(self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, images_uint8: torch.Tensor, after_crop: nn.Module | None = None, precropped: bool = False
+    ) -> list[torch.Tensor]:
         if after_crop is not None:
             raise ValueError("multi-stage views take no after-crop augmentation")
-        weak = self.flip(self.crop(images_uint8.float().div_(255)))
+        weak = self.flip(crop_input(self.crop, self.crop_spec, images_uint8, precropped))
         aggressive = self.second(weak.clone())  # kornia may reuse the input for untouched samples
         return [self.normalize(weak), self.normalize(aggressive)]
 

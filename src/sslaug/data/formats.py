@@ -11,8 +11,10 @@ Formats (``meta.json["format"]``):
 ``imagefolder``
     Large classification sets left where the user keeps them. ``{split}_index.csv``
     (columns ``path,label``; ``path`` relative to ``meta["root"]``). Images are decoded
-    on the fly, the shorter side resized to ``image_size`` and centre-cropped to a
-    square, so every batch is a fixed-size uint8 tensor that the GPU can augment.
+    on the fly. Evaluation (and any reader of :class:`ClassificationDataset`) gets the
+    shorter side resized to ``image_size / crop_ratio`` and a centre crop of ``image_size``
+    (the papers' test transform is ratio 0.875: 256 -> 224); pretraining crops the full
+    image per view where it is decoded (``sslaug.data.crops``).
 ``coco``
     Detection. ``annotations/instances_{split}.json`` (real COCO JSON) and
     ``images/{split}/`` (PNG/JPEG, possibly a symlink to the user's copy).
@@ -37,6 +39,8 @@ from sslaug.io import sha256sum
 META_FILE = "meta.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 DEFAULT_IMAGEFOLDER_SIZE = 224
+#: The papers' evaluation transform: resize the shorter side to 256, centre-crop 224.
+EVAL_CROP_RATIO = 224 / 256
 
 
 class DataError(Exception):
@@ -237,20 +241,24 @@ def check_image_file(path: Path, full: bool = False) -> None:
         raise CorruptImageError(f"corrupt image file: {path} ({err})") from err
 
 
-def decode_resize_crop(path: Path, size: int) -> torch.Tensor:
-    """Decode ``path`` to RGB, resize the shorter side to ``size``, centre-crop to a square.
+def decode_resize_crop(path: Path, size: int, crop_ratio: float = 1.0) -> torch.Tensor:
+    """Decode ``path`` to RGB, resize the shorter side to ``round(size / crop_ratio)``,
+    centre-crop a ``size`` square (``crop_ratio`` 0.875: the papers' 256 -> 224 test view).
 
     Returns a uint8 tensor 3 x size x size. The error names the file, because one bad
     file among a million otherwise surfaces as an anonymous worker crash.
     """
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    resize = round(size / crop_ratio)
     try:
         with Image.open(path) as im:
-            # JPEG draft mode decodes at a reduced scale (>= size): much faster for big photos.
-            im.draft("RGB", (size, size))
+            # JPEG draft mode decodes at a reduced scale (>= resize): much faster for big photos.
+            im.draft("RGB", (resize, resize))
             im = im.convert("RGB")
             w, h = im.size
-            scale = size / min(w, h)
-            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+            scale = resize / min(w, h)
+            new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
             im = im.resize((new_w, new_h), Image.BILINEAR)
             left, top = (new_w - size) // 2, (new_h - size) // 2
             im = im.crop((left, top, left + size, top + size))
@@ -272,9 +280,14 @@ class ClassificationDataset(Dataset):
         labels: int64 array of all labels (-1 = unlabeled), e.g. for kNN evaluation.
         image_size: output side length (square for imagefolder; stored H x W for arrays
             unless ``image_size`` was given).
+        crop_ratio: imagefolder only: the centre crop's share of the resized shorter side
+            (1.0: resize to ``image_size``; :data:`EVAL_CROP_RATIO`: the papers' 256 -> 224).
+            Array sets are stored at their final resolution and never centre-cropped.
     """
 
-    def __init__(self, directory: str | os.PathLike, split: str, image_size: int | None = None):
+    def __init__(
+        self, directory: str | os.PathLike, split: str, image_size: int | None = None, crop_ratio: float = 1.0
+    ):
         self.directory = Path(directory)
         self.split = split
         self.meta = read_meta(self.directory)
@@ -283,6 +296,7 @@ class ClassificationDataset(Dataset):
         self.classes: list[str] = list(self.meta.get("classes", []))
         self.num_classes: int = int(self.meta.get("num_classes", len(self.classes)))
         self.format: str = self.meta["format"]
+        self.crop_ratio = crop_ratio
         self._images: np.ndarray | None = None
         if self.format == "array":
             self._images, self.labels = load_array_split(self.directory, split)
@@ -298,6 +312,12 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index`` (imagefolder format only)."""
+        if self.format != "imagefolder":
+            raise ValueError(f"{self.directory}: {self.format!r} datasets have no image files")
+        return self._root / self._paths[index]
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickling a memmap copies the whole array (spawned DataLoader workers): reopen instead.
         state = dict(self.__dict__)
@@ -307,7 +327,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label = int(self.labels[index])
         if self.format == "imagefolder":
-            return decode_resize_crop(self._root / self._paths[index], self.image_size), label
+            return decode_resize_crop(self.image_path(index), self.image_size, self.crop_ratio), label
         if self._images is None:
             self._images = np.load(array_paths(self.directory, self.split)[0], mmap_mode="r")
         # np.array copies out of the read-only memmap (torch warns on non-writable arrays).
@@ -326,10 +346,10 @@ def _resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def open_classification(
-    directory: str | os.PathLike, split: str, image_size: int | None = None
+    directory: str | os.PathLike, split: str, image_size: int | None = None, crop_ratio: float = 1.0
 ) -> ClassificationDataset:
     """Open a prepared classification (or style) dataset split; see :class:`ClassificationDataset`."""
-    return ClassificationDataset(directory, split, image_size)
+    return ClassificationDataset(directory, split, image_size, crop_ratio)
 
 
 # --------------------------------------------------------------------------- coco format

@@ -1,6 +1,9 @@
 """Real dataset sources: where to obtain each one, and how to turn it into a prepared format.
 
-:data:`SOURCES` maps a dataset name to a :class:`SourceSpec`:
+:data:`SOURCES` maps a dataset name to a :class:`SourceSpec`. The names are the ones the
+scale configs declare under ``datasets:`` (one name per dataset, the papers' short form:
+``tinyimagenet``, ``voc07``, ``voc0712``); tests/test_scale_datasets.py checks that every
+declared dataset has a source here and that its preparer writes every split the workflow reads.
 
 * ``download`` sources list archive URLs with the checksums their publishers give
   (the same values torchvision.datasets verifies). Archives are fetched with
@@ -14,8 +17,8 @@
 
 Preparers exist for CIFAR-10/100 (python pickles -> array), STL-10 (binary -> array),
 ImageFolder trees (ImageNet, ImageNet-100, generic), Tiny ImageNet, DTD, Food-101,
-Oxford Pets, FGVC-Aircraft (split lists -> imagefolder), COCO 2017 and PASCAL VOC
-(XML -> coco); :mod:`sslaug.data.preparers_transfer` adds Flowers-102, Caltech-101,
+Oxford Pets, FGVC-Aircraft (split lists -> imagefolder), COCO 2017 and PASCAL VOC 2007,
+2012 and 07+12 (XML -> coco); :mod:`sslaug.data.preparers_transfer` adds Flowers-102, Caltech-101,
 SUN397, ImageNet 1%, iNaturalist 2018/2021, Places365 and the Kaggle sets (Diabetic
 Retinopathy, Painter by Numbers). A spec without a preparer raises NotImplementedError.
 """
@@ -73,6 +76,8 @@ class SourceSpec:
         preparer: key of :data:`PREPARERS`; None = preparation not implemented yet.
         instructions: how to obtain the data by hand (shown in errors).
         options: default ``--option`` values for the preparer.
+        splits: the splits the preparer writes (for a generic ImageFolder tree, those it looks
+            for), unless a ``splits`` option names them; see :func:`prepared_splits`.
     """
 
     kind: str
@@ -81,6 +86,7 @@ class SourceSpec:
     preparer: str | None = None
     instructions: str = ""
     options: Mapping[str, str] = field(default_factory=dict)
+    splits: tuple[str, ...] = ()
 
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
@@ -89,6 +95,17 @@ _VOC = "https://thor.robots.ox.ac.uk/pascal/VOC"
 _SUN = "http://vision.princeton.edu/projects/2010/SUN"
 _INAT = "https://ml-inat-competition-datasets.s3.amazonaws.com"
 _PLACES = "http://data.csail.mit.edu/places/places365"
+
+
+_VOC07_TRAINVAL = Resource(
+    f"{_VOC}/voc2007/VOCtrainval_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar", md5="c52e279531787c972589f7e41ab4ae64"
+)
+_VOC07_TEST = Resource(
+    f"{_VOC}/voc2007/VOCtest_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar", md5="b6e924de25625d8de591ea690078ad9f"
+)
+_VOC12_TRAINVAL = Resource(
+    f"{_VOC}/voc2012/VOCtrainval_11-May-2012.tar", "VOCtrainval_11-May-2012.tar", md5="6cd6e144f989b92b3379bac3b3de84fd"
+)
 
 
 def _manual(what: str, url: str, layout: str = "train/ and val/ class folders") -> str:
@@ -101,37 +118,41 @@ def _manual(what: str, url: str, layout: str = "train/ and val/ class folders") 
 # fmt: off
 SOURCES: dict[str, SourceSpec] = {
     "cifar10": SourceSpec(
-        kind="download", format="array", preparer="cifar10",
+        kind="download", format="array", preparer="cifar10", splits=("train", "test"),
         resources=(Resource("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
                             md5="c58f30108f718f92721af3b95e74349a"),),
     ),
     "cifar100": SourceSpec(
-        kind="download", format="array", preparer="cifar100",
+        kind="download", format="array", preparer="cifar100", splits=("train", "test"),
         resources=(Resource("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
                             md5="eb9058c3a382ffc7106e4002c42a8d85"),),
     ),
     "stl10": SourceSpec(
         kind="download", format="array", preparer="stl10", options={"unlabeled": "1"},
+        splits=("train", "test", "unlabeled"),  # unlabeled=0 drops the last
         resources=(Resource("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary.tar.gz",
                             md5="91f7769df0f17e558f3565bffb0c7dfb"),),
     ),
-    "tiny_imagenet": SourceSpec(
+    "tinyimagenet": SourceSpec(
+        # The test labels are not public: evaluations use val.
         kind="download", format="imagefolder", preparer="tiny_imagenet", options={"image_size": "64"},
+        splits=("train", "val"),
         resources=(Resource("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200.zip",
                             md5="90528d7ca1a48142e341f4ef8d21d0de"),),
     ),
     "dtd": SourceSpec(
         kind="download", format="imagefolder", preparer="dtd", options={"partition": "1"},
+        splits=("train", "val", "test"),
         resources=(Resource(f"{_VGG}/dtd/download/dtd-r1.0.1.tar.gz", "dtd-r1.0.1.tar.gz",
                             md5="fff73e5086ae6bdbea199a49dfb8a4c1"),),
     ),
     "food101": SourceSpec(
-        kind="download", format="imagefolder", preparer="food101",
+        kind="download", format="imagefolder", preparer="food101", splits=("train", "test"),
         resources=(Resource("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101.tar.gz",
                             md5="85eeb15f3717b99a5da872d97d918f87"),),
     ),
     "flowers102": SourceSpec(
-        kind="download", format="imagefolder", preparer="flowers102",
+        kind="download", format="imagefolder", preparer="flowers102", splits=("train", "val", "test", "trainval"),
         resources=(
             Resource(f"{_VGG}/flowers/102/102flowers.tgz", "102flowers.tgz", md5="52808999861908f626f3c1f4e79d11fa"),
             Resource(f"{_VGG}/flowers/102/imagelabels.mat", "imagelabels.mat", md5="e0620be6f572b9609742df49c70aed4d"),
@@ -139,7 +160,7 @@ SOURCES: dict[str, SourceSpec] = {
         ),
     ),
     "pets": SourceSpec(
-        kind="download", format="imagefolder", preparer="pets",
+        kind="download", format="imagefolder", preparer="pets", splits=("train", "test"),
         resources=(
             Resource(f"{_VGG}/pets/data/images.tar.gz", "images.tar.gz", md5="5c4f3ee8e5d25df40f4fd59a7f44e54c"),
             Resource(f"{_VGG}/pets/data/annotations.tar.gz", "annotations.tar.gz",
@@ -148,12 +169,13 @@ SOURCES: dict[str, SourceSpec] = {
     ),
     "aircraft": SourceSpec(
         kind="download", format="imagefolder", preparer="aircraft", options={"level": "variant"},
+        splits=("train", "val", "test"),
         # The VGG page publishes no checksum for this archive (torchvision verifies none either).
         resources=(Resource(f"{_VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
                             "fgvc-aircraft-2013b.tar.gz"),),
     ),
     "caltech101": SourceSpec(
-        kind="download", format="imagefolder", preparer="caltech101",
+        kind="download", format="imagefolder", preparer="caltech101", splits=("train", "test"),
         # No official split: Kornblith et al.'s 30 random images per class (preparers_transfer).
         options={"train_per_class": "30", "background": "include", "split_seed": "0"},
         resources=(Resource("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip", "caltech-101.zip",
@@ -161,6 +183,7 @@ SOURCES: dict[str, SourceSpec] = {
     ),
     "sun397": SourceSpec(
         kind="download", format="imagefolder", preparer="sun397", options={"partition": "1"},
+        splits=("train", "test"),
         resources=(
             Resource(f"{_SUN}/SUN397.tar.gz", "SUN397.tar.gz", md5="8ca2778205c41d23104230ba66911c7a"),
             # The SUN page publishes no checksum; this sha256 is the one torchvision's prototype
@@ -169,22 +192,23 @@ SOURCES: dict[str, SourceSpec] = {
                      sha256="e3311ea5f812d4cc6faef194688343d1111f6cd6f70f2c62f393c2b8d6ba1ec9"),
         ),
     ),
-    "voc2007": SourceSpec(
+    "voc07": SourceSpec(
         kind="download", format="coco", preparer="voc",
         options={"year": "2007", "splits": "trainval,test", "link": "symlink"},
-        resources=(
-            Resource(f"{_VOC}/voc2007/VOCtrainval_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar",
-                     md5="c52e279531787c972589f7e41ab4ae64"),
-            Resource(f"{_VOC}/voc2007/VOCtest_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar",
-                     md5="b6e924de25625d8de591ea690078ad9f"),
-        ),
+        resources=(_VOC07_TRAINVAL, _VOC07_TEST),
     ),
-    "voc2012": SourceSpec(
+    "voc12": SourceSpec(
         kind="download", format="coco", preparer="voc",
         # VOC2012 test annotations are not public: trainval (or train, val) only.
         options={"year": "2012", "splits": "trainval", "link": "symlink"},
-        resources=(Resource(f"{_VOC}/voc2012/VOCtrainval_11-May-2012.tar", "VOCtrainval_11-May-2012.tar",
-                            md5="6cd6e144f989b92b3379bac3b3de84fd"),),
+        resources=(_VOC12_TRAINVAL,),
+    ),
+    # "VOC07+12" detection (the MoCo/DenseCL protocol of Rescue Table 2 and CLSA Table 3):
+    # train on VOC2007 trainval + VOC2012 trainval (16,551 images), test on VOC2007 test (4,952).
+    "voc0712": SourceSpec(
+        kind="download", format="coco", preparer="voc",
+        options={"splits": "trainval=2007+2012,test=2007", "link": "symlink"},
+        resources=(_VOC07_TRAINVAL, _VOC07_TEST, _VOC12_TRAINVAL),
     ),
     "coco": SourceSpec(
         kind="download", format="coco", preparer="coco",
@@ -197,18 +221,19 @@ SOURCES: dict[str, SourceSpec] = {
         ),
     ),
     "imagenet": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagenet",
+        kind="manual", format="imagefolder", preparer="imagenet", splits=("train", "val"),
         instructions=_manual("ImageNet (ILSVRC-2012)", "image-net.org",
                              "train/ and val/ class folders (val sorted into wnid folders, e.g. by valprep.sh)"),
     ),
     "imagenet100": SourceSpec(
         kind="manual", format="imagefolder", preparer="imagenet100", options={"classes": "cmc"},
+        splits=("train", "val"),
         instructions=_manual("ImageNet-100 (a 100-class subset of ILSVRC-2012)", "image-net.org",
                              "the full ImageNet train/ and val/ class folders; "
                              "--option classes=cmc|FILE|wnid,wnid,... picks the subset"),
     ),
     "imagenet_1pct": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagenet_subset",
+        kind="manual", format="imagefolder", preparer="imagenet_subset", splits=("train", "val"),
         # SimCLR's 1% list is fetched into data/_downloads/imagenet_1pct; GitHub publishes no
         # checksum, so meta.json records the sha256 of the list used.
         resources=(Resource("https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
@@ -221,6 +246,7 @@ SOURCES: dict[str, SourceSpec] = {
     # bucket, md5s from github.com/visipedia/inat_comp (2018/README.md, 2021/README.md).
     "inat18": SourceSpec(
         kind="download", format="imagefolder", preparer="inat", options={"year": "2018"},
+        splits=("train", "val"),
         resources=(
             Resource(f"{_INAT}/2018/train_val2018.tar.gz", "train_val2018.tar.gz",
                      md5="b1c6952ce38f31868cc50ea72d066cc3"),
@@ -232,6 +258,7 @@ SOURCES: dict[str, SourceSpec] = {
     ),
     "inat21": SourceSpec(
         kind="download", format="imagefolder", preparer="inat", options={"year": "2021"},
+        splits=("train", "val"),
         resources=(
             Resource(f"{_INAT}/2021/train.tar.gz", "train.tar.gz", md5="e0526d53c7f7b2e3167b2b43bb2690ed"),
             Resource(f"{_INAT}/2021/train.json.tar.gz", "train.json.tar.gz", md5="38a7bb733f7a09214d44293460ec0021"),
@@ -243,7 +270,7 @@ SOURCES: dict[str, SourceSpec] = {
     # high-resolution archives are 4x larger): the devkit's file lists + train and val images,
     # md5s as torchvision.datasets.Places365.
     "places365": SourceSpec(
-        kind="download", format="imagefolder", preparer="places365",
+        kind="download", format="imagefolder", preparer="places365", splits=("train", "val"),
         resources=(
             Resource(f"{_PLACES}/filelist_places365-standard.tar", "filelist_places365-standard.tar",
                      md5="35a0585fee1fa656440f3ab298f8479c"),
@@ -256,20 +283,20 @@ SOURCES: dict[str, SourceSpec] = {
         "places365_standard/{train,val}/<class>/ folders",
     ),
     "retinopathy": SourceSpec(
-        kind="manual", format="imagefolder", preparer="retinopathy",
+        kind="manual", format="imagefolder", preparer="retinopathy", splits=("train", "val", "test"),
         instructions=_manual("Diabetic Retinopathy (Kaggle)", "kaggle.com/c/diabetic-retinopathy-detection/data",
                              "trainLabels.csv and train/*.jpeg (the train.zip.00* parts joined and unzipped); "
                              "for the val/test splits also retinopathy_solution.csv and test/*.jpeg, or "
                              "--option splits=train"),
     ),
     "pbn": SourceSpec(
-        kind="manual", format="imagefolder", preparer="pbn",
+        kind="manual", format="imagefolder", preparer="pbn", splits=("train",),
         instructions=_manual("Painter by Numbers (Kaggle)", "kaggle.com/c/painter-by-numbers/data",
                              "train_info.csv and train/*.jpg (train.zip unzipped; apply Kaggle's "
                              "replacements_for_corrupted_files.zip)"),
     ),
     "imagefolder": SourceSpec(
-        kind="manual", format="imagefolder", preparer="imagefolder",
+        kind="manual", format="imagefolder", preparer="imagefolder", splits=("train", "val", "test"),
         instructions="a generic ImageFolder dataset: pass --source path --root DIR with "
         "{train,val,test}/<class>/<image> folders",
     ),
@@ -358,6 +385,28 @@ def fetch_and_extract(spec: SourceSpec, download_dir: Path) -> Path:
 
 def _is_archive(path: Path) -> bool:
     return path.name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+# --------------------------------------------------------------------------- splits
+
+#: Preparers whose ``--option splits=a,b`` chooses the splits they write.
+SPLITS_OPTION_PREPARERS = frozenset({"imagefolder", "imagenet", "imagenet100", "coco", "voc", "retinopathy", "pbn"})
+
+
+def prepared_splits(spec: SourceSpec, options: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The splits ``spec``'s preparer writes with these ``--option`` values (over the spec's own).
+
+    Known without preparing anything, so a scale's split names can be checked before any
+    job runs. A ``splits`` option names them where the preparer reads one (a VOC entry
+    ``trainval=2007+2012`` is split ``trainval``); STL-10's ``unlabeled=0`` drops ``unlabeled``;
+    otherwise they are ``spec.splits`` (for a generic ImageFolder tree: those it looks for).
+    """
+    opts = {**spec.options, **(options or {})}
+    if spec.preparer in SPLITS_OPTION_PREPARERS and "splits" in opts:
+        return tuple(entry.partition("=")[0].strip() for entry in opts["splits"].split(",") if entry.strip())
+    if spec.preparer == "stl10" and opts.get("unlabeled", "1").strip() == "0":
+        return tuple(s for s in spec.splits if s != "unlabeled")
+    return spec.splits
 
 
 # --------------------------------------------------------------------------- entry point
@@ -835,18 +884,19 @@ def _voc_objects(xml_path: Path) -> tuple[int, int, list[tuple[str, int, list[fl
     return width, height, objects
 
 
-def _voc_to_coco(base: Path, stems: Sequence[str]) -> dict[str, Any]:
-    """COCO JSON for the listed VOC images.
+def _voc_to_coco(items: Sequence[tuple[Path, str]]) -> dict[str, Any]:
+    """COCO JSON for VOC images given as (annotation XML, ``file_name``) pairs.
 
     VOC boxes are 1-based inclusive pixel corners: x = xmin - 1, w = xmax - xmin + 1.
     ``difficult`` objects become ``iscrowd=1``: COCO evaluation then ignores them as
     VOC evaluation does (and training targets drop them); the flag is also kept as
-    ``difficult``. Image ids are 1.. in split-list order (VOC2012 names are not ints).
+    ``difficult``. Image ids are 1.. in list order (VOC2012 names are not ints), so images
+    of several years listed together never share an id.
     """
     images, anns = [], []
-    for image_id, stem in enumerate(stems, start=1):
-        width, height, objects = _voc_objects(base / "Annotations" / f"{stem}.xml")
-        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": width, "height": height})
+    for image_id, (xml_path, file_name) in enumerate(items, start=1):
+        width, height, objects = _voc_objects(xml_path)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for name, difficult, (x0, y0, x1, y1) in objects:
             x, y, w, h = x0 - 1, y0 - 1, x1 - x0 + 1, y1 - y0 + 1
             anns.append({
@@ -862,25 +912,74 @@ def _voc_categories() -> list[dict[str, Any]]:
     return [{"id": i + 1, "name": c, "supercategory": "voc"} for i, c in enumerate(VOC_CLASSES)]
 
 
+def _voc_split_years(ctx: PrepContext) -> list[tuple[str, list[str]]]:
+    """``--option splits`` as [(split, [year, ...])]: ``test`` reads the ``year`` option's list,
+    ``trainval=2007+2012`` concatenates both years' ``trainval`` lists (VOC07+12)."""
+    default_year = ctx.options.get("year", "2007")
+    entries: list[tuple[str, list[str]]] = []
+    for entry in ctx.options.get("splits", "trainval").split(","):
+        if not entry.strip():
+            continue
+        split, sep, years_text = (part.strip() for part in entry.partition("="))
+        years = [y.strip() for y in years_text.split("+")] if sep else [default_year]
+        bad = not split or any(not (y.isdigit() and len(y) == 4) for y in years) or len(set(years)) < len(years)
+        if bad or split in (s for s, _ in entries):
+            raise DataError(
+                f"--option splits={ctx.options.get('splits')}: entry {entry!r}; expected SPLIT or SPLIT=YEAR+YEAR "
+                "(e.g. trainval=2007+2012), each split once"
+            )
+        entries.append((split, years))
+    if not entries:
+        raise DataError(f"--option splits={ctx.options.get('splits')!r}: no split named")
+    return entries
+
+
+def _voc_year_dir(raw: Path, year: str, only_year: bool, name: str) -> Path:
+    """``VOCdevkit/VOC{year}`` or ``VOC{year}`` under ``raw``; ``raw`` itself only if it is the one year read."""
+    candidates = [raw / "VOCdevkit" / f"VOC{year}", raw / f"VOC{year}"] + ([raw] if only_year else [])
+    for base in candidates:
+        if (base / "ImageSets" / "Main").is_dir():
+            return base
+    raise DataError(f"{raw}: no VOCdevkit/VOC{year}/ImageSets/Main; is this an extracted {name} copy?")
+
+
 def prepare_voc(raw: Path, out: Path, ctx: PrepContext) -> dict[str, Any]:
-    """PASCAL VOC detection -> coco format; splits from ``ImageSets/Main/{split}.txt``."""
-    year = ctx.options.get("year", "2007")
-    base = _locate(raw, f"VOCdevkit/VOC{year}", "ImageSets/Main", ctx.name)
-    splits = [s for s in ctx.options.get("splits", "trainval").split(",") if s]
+    """PASCAL VOC detection -> coco format; each split from ``VOC{year}/ImageSets/Main/{split}.txt``.
+
+    ``--option splits=trainval,test`` reads the ``year`` option's lists; an entry
+    ``trainval=2007+2012`` makes one split of both years' lists (VOC07+12). A one-year split
+    keeps VOC's file names (``images/{split}`` links that year's ``JPEGImages``); a split of
+    several years names its files ``VOC{year}/{stem}.jpg`` (``images/{split}/VOC{year}`` links
+    each year's ``JPEGImages``), so equal stems of two years could not clash either.
+    """
+    split_years = _voc_split_years(ctx)
+    years = sorted({year for _, ys in split_years for year in ys})
+    bases = {year: _voc_year_dir(raw, year, len(years) == 1, ctx.name) for year in years}
+    link = ctx.options.get("link", "symlink")
     (out / "annotations").mkdir()
     (out / "images").mkdir()
     counts = {}
-    for split in splits:
-        stems = _read_lines(base / "ImageSets" / "Main" / f"{split}.txt")
-        missing = [s for s in stems if not (base / "JPEGImages" / f"{s}.jpg").is_file()]
-        if missing:
-            raise DataError(f"image file missing: {base / 'JPEGImages' / missing[0]}.jpg ({len(missing)} missing)")
-        coco = _voc_to_coco(base, stems)
+    for split, split_year_list in split_years:
+        several = len(split_year_list) > 1
+        items: list[tuple[Path, str]] = []
+        names: dict[str, list[str]] = {}
+        for year in split_year_list:
+            base = bases[year]
+            stems = _read_lines(base / "ImageSets" / "Main" / f"{split}.txt")
+            missing = [s for s in stems if not (base / "JPEGImages" / f"{s}.jpg").is_file()]
+            if missing:
+                raise DataError(f"image file missing: {base / 'JPEGImages' / missing[0]}.jpg ({len(missing)} missing)")
+            names[year] = [f"{s}.jpg" for s in stems]
+            prefix = f"VOC{year}/" if several else ""
+            items += [(base / "Annotations" / f"{s}.xml", prefix + n) for s, n in zip(stems, names[year])]
         with open(coco_ann_path(out, split), "w", encoding="utf-8") as f:
-            json.dump(coco, f)
-        names = [im["file_name"] for im in coco["images"]]
-        _link_images(base / "JPEGImages", out / "images" / split, ctx.options.get("link", "symlink"), names)
-        counts[split] = len(stems)
+            json.dump(_voc_to_coco(items), f)
+        if several:
+            (out / "images" / split).mkdir()
+        for year in split_year_list:
+            target = out / "images" / split / f"VOC{year}" if several else out / "images" / split
+            _link_images(bases[year] / "JPEGImages", target, link, names[year])
+        counts[split] = len(items)
     return write_coco_meta(out, ctx.name, _voc_categories(), counts, ctx.source)
 
 

@@ -126,7 +126,7 @@ def pretrain(
     method = build_method(spec["method"], backbone, hparams, augmentation, {**spec.get("strong", {}), **spec["options"]})
     data = BatchSource(
         data_dir,
-        "train",
+        spec.get("pretrain_splits", "train"),  # datasets.<name>.splits.pretrain (STL-10: train + unlabeled)
         config.batch_size,
         seed,
         device,
@@ -136,6 +136,8 @@ def pretrain(
         num_workers=config.num_workers,
     )
     view_maker = build_view_maker(spec, data.num_items, style_features, generative_views, device)
+    if data.format == "imagefolder":  # the papers' crop: of the full-resolution photo, where it is decoded
+        data.crop_on_decode(view_maker.crop_specs())
     trainer = Trainer(method, view_maker, data, config, run_dir, device, seed, fingerprint_of(spec))
     trainer.fit()
     if dist.rank() == 0:

@@ -28,6 +28,7 @@ from sslaug.engine import dist
 from sslaug.engine.batches import BatchSource
 from sslaug.io import atomic_torch_save
 from sslaug.methods.base import SSLMethod
+from sslaug.models.backbones import vit_lr_scales
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class TrainConfig:
     weight_decay_end: float | None = None
     #: Clip the global gradient norm to this value (DINO / DINOv2: 3.0); 0 disables.
     clip_grad: float = 0.0
+    #: ViT layer-wise lr decay: block i of L gets ``layer_decay ** (L - i)`` of the lr (DINOv2: 0.9).
+    layer_decay: float = 1.0
+    #: Extra lr factor of a ViT's patch embedding (DINOv2: 0.2).
+    patch_embed_lr_mult: float = 1.0
     momentum: float = 0.9
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -114,26 +119,26 @@ def build_optimizer(
 
 
 def _param_groups(
-    model: nn.Module, weight_decay: float, exclude_bias_norm: bool, fixed_lr: nn.Module | None = None
+    model: nn.Module,
+    weight_decay: float,
+    exclude_bias_norm: bool,
+    fixed_lr: nn.Module | None = None,
+    lr_scales: dict[int, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Decay / no-decay groups; ``fixed_lr``'s parameters get their own groups marked ``fix_lr``."""
+    """Parameter groups by weight decay (none for biases and norms), fixed lr (``fixed_lr``'s
+    parameters, marked ``fix_lr``) and lr multiplier (``lr_scales``: ``id(parameter)`` -> factor)."""
     fixed = {id(p) for p in fixed_lr.parameters()} if fixed_lr is not None else set()
-    decay, no_decay, fixed_decay, fixed_no_decay = [], [], [], []
-    for name, p in model.named_parameters():
+    groups: dict[tuple[float, bool, float], list[nn.Parameter]] = {}
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        no_wd = exclude_bias_norm and p.ndim <= 1
-        if id(p) in fixed:
-            (fixed_no_decay if no_wd else fixed_decay).append(p)
-        else:
-            (no_decay if no_wd else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    for params, wd in ((fixed_decay, weight_decay), (fixed_no_decay, 0.0)):
-        if params:
-            groups.append({"params": params, "weight_decay": wd, "fix_lr": True})
-    return groups
+        wd = 0.0 if exclude_bias_norm and p.ndim <= 1 else weight_decay
+        key = (wd, id(p) in fixed, (lr_scales or {}).get(id(p), 1.0))
+        groups.setdefault(key, []).append(p)
+    return [
+        {"params": params, "weight_decay": wd, **({"fix_lr": True} if fix else {}), "lr_scale": scale}
+        for (wd, fix, scale), params in groups.items()
+    ]
 
 
 class MetricsWriter:
@@ -230,8 +235,13 @@ class Trainer:
             fixed_lr = getattr(self.method, "predictor", None)
             if not isinstance(fixed_lr, nn.Module):
                 raise ValueError(f"fix_pred_lr: method {self.method.name!r} has no predictor")
+        lr_scales = None
+        if config.layer_decay != 1.0 or config.patch_embed_lr_mult != 1.0:
+            if not hasattr(self.method.backbone, "blocks"):
+                raise ValueError("layer_decay / patch_embed_lr_mult apply to ViT backbones only")
+            lr_scales = vit_lr_scales(self.method.backbone, config.layer_decay, config.patch_embed_lr_mult)
         self.optimizer = build_optimizer(
-            _param_groups(self.method, config.weight_decay, config.exclude_bias_norm, fixed_lr),
+            _param_groups(self.method, config.weight_decay, config.exclude_bias_norm, fixed_lr, lr_scales),
             config.optimizer,
             lr=config.lr,
             momentum=config.momentum,
@@ -315,7 +325,7 @@ class Trainer:
                     lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
                     weight_decay = self._weight_decay_at(self.step)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = self.config.lr if group.get("fix_lr") else lr
+                        group["lr"] = (self.config.lr if group.get("fix_lr") else lr) * group.get("lr_scale", 1.0)
                         if weight_decay is not None and group["weight_decay"] > 0:
                             group["weight_decay"] = weight_decay
                     progress = self.step / self.total_steps

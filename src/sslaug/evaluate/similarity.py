@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sslaug.augment.views import normalize_uint8
-from sslaug.data.formats import open_classification
+from sslaug.data.formats import EVAL_CROP_RATIO, open_classification
 from sslaug.evaluate.common import USER_ERRORS, check_encoder_path, eval_argument_parser, pick_device, write_result
 from sslaug.settings import apply_overrides
 
@@ -262,7 +262,8 @@ def run_similarity(
     features_a, info_a = ssl_encoder(encoder, device)
     features_b, info_b = clip_encoder(config, device) if str(encoder_b) == CLIP else ssl_encoder(encoder_b, device)
     # The pretrained encoders see the split at their pretraining resolution; CLIP resizes on its own.
-    dataset = open_classification(data, split, image_size=info_a.get("image_size"))
+    # Photos (imagefolder) get the papers' test view: shorter side to 256, centre crop 224.
+    dataset = open_classification(data, split, image_size=info_a.get("image_size"), crop_ratio=EVAL_CROP_RATIO)
     feats_a, feats_b = paired_features(dataset, [features_a, features_b], config.batch_size, config.num_workers,
                                        config.max_examples)  # fmt: skip
     estimates = bootstrap_dissimilarities(feats_a.to(device), feats_b.to(device), config.bootstrap_runs,

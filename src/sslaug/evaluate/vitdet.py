@@ -59,13 +59,11 @@ from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from sslaug.evaluate.common import autocast
+from sslaug.models.backbones import vit_layer_ids, vit_lr_scales
 
 #: ViTDet's scale factors of the four pyramid maps relative to the patch-token map.
 SCALE_FACTORS: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
 #: Parameter-name prefixes of a timm ViT's input side (layer 0 for freezing and lr decay).
-EMBEDDING_PARAMS: tuple[str, ...] = ("patch_embed.", "pos_embed", "cls_token", "reg_token", "norm_pre.")
-
-
 def is_vit(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is a timm-style plain ViT (patch embedding, blocks, prefix tokens)."""
     return all(hasattr(encoder, n) for n in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features"))
@@ -162,21 +160,8 @@ class ViTSimpleFeaturePyramid(nn.Module):
         return OrderedDict((name, m.float()) for name, m in zip(names, maps))
 
     def _layer_ids(self) -> dict[str, int]:
-        """Encoder parameter name -> layer id: 0 embeddings, ``i + 1`` block ``i``, ``depth + 1`` the rest.
-
-        ViTDet's ``get_vit_lr_decay_rate`` rule. (timm's ``group_matcher`` puts the final
-        norm with the last block, which would give the last block the full lr.)
-        """
-        depth = len(self.encoder.blocks)
-        ids = {}
-        for name, _ in self.encoder.named_parameters():
-            if name.startswith(EMBEDDING_PARAMS):
-                ids[name] = 0
-            elif name.startswith("blocks."):
-                ids[name] = int(name.split(".")[1]) + 1
-            else:
-                ids[name] = depth + 1  # the final norm (and any other head-side parameter)
-        return ids
+        """Encoder parameter name -> layer id (``sslaug.models.backbones.vit_layer_ids``)."""
+        return vit_layer_ids(self.encoder)
 
     def freeze(self, freeze_at: int) -> None:
         """Detectron2's FREEZE_AT for a ViT (see the module doc): 0 none .. 5 the whole encoder."""
@@ -193,6 +178,4 @@ class ViTSimpleFeaturePyramid(nn.Module):
 
     def lr_scales(self, layer_decay: float) -> dict[int, float]:
         """``id(parameter)`` -> lr multiplier under layer-wise lr decay (encoder only; others 1)."""
-        depth = len(self.encoder.blocks)
-        params = dict(self.encoder.named_parameters())
-        return {id(params[name]): layer_decay ** (depth + 1 - layer_id) for name, layer_id in self._layer_ids().items()}
+        return vit_lr_scales(self.encoder, layer_decay)

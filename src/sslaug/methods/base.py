@@ -55,11 +55,11 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
     """target <- tau * target + (1 - tau) * online, for parameters and floating buffers."""
-    for p_t, p_o in zip(target.parameters(), online.parameters()):
-        p_t.lerp_(p_o.detach(), 1 - tau)
-    for b_t, b_o in zip(target.buffers(), online.buffers()):
-        if b_t.dtype.is_floating_point:
-            b_t.copy_(b_o)
+    # One fused kernel per dtype and device instead of one per tensor (~330 for a ResNet-50 + heads).
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - tau)
+    floating = [(b_t, b_o) for b_t, b_o in zip(target.buffers(), online.buffers()) if b_t.dtype.is_floating_point]
+    if floating:
+        torch._foreach_copy_([b for b, _ in floating], [b for _, b in floating])
 
 
 def cosine_momentum(base_tau: float, progress: float, final_tau: float = 1.0) -> float:

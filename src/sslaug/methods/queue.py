@@ -19,6 +19,11 @@ class KeyQueue(nn.Module):
         super().__init__()
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self._host_pointer: int | None = None  # a host copy: reading the buffer each step would sync
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_pointer = None  # resumed: read the restored buffer once
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -28,7 +33,10 @@ class KeyQueue(nn.Module):
         n = keys.shape[0]
         if n > size:
             raise ValueError(f"global batch {n} larger than the queue {size}")
-        start = int(self.pointer)
+        if self._host_pointer is None:
+            self._host_pointer = int(self.pointer)
+        start = self._host_pointer
         index = (torch.arange(n, device=keys.device) + start) % size
         self.keys[index] = keys
-        self.pointer.fill_((start + n) % size)
+        self._host_pointer = (start + n) % size
+        self.pointer.fill_(self._host_pointer)

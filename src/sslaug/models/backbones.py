@@ -149,3 +149,39 @@ def vit_tokens(
     x = model.blocks(x)
     x = model.norm(x)
     return x[:, 0], x[:, model.num_prefix_tokens :]
+
+
+#: A ViT's embedding parameters: layer 0 of the layer-wise lr decay rule.
+VIT_EMBEDDING_PARAMS: tuple[str, ...] = ("patch_embed.", "pos_embed", "cls_token", "reg_token", "norm_pre.")
+
+
+def vit_layer_ids(encoder: nn.Module) -> dict[str, int]:
+    """ViT parameter name -> layer id: 0 the embeddings, ``i + 1`` block ``i``, ``depth + 1`` the rest.
+
+    The rule of BEiT / ViTDet / DINOv2 (``get_vit_lr_decay_rate``); timm's ``group_matcher`` puts
+    the final norm with the last block, which would give the last block the full lr.
+    """
+    depth = len(encoder.blocks)
+    ids = {}
+    for name, _ in encoder.named_parameters():
+        if name.startswith(VIT_EMBEDDING_PARAMS):
+            ids[name] = 0
+        elif name.startswith("blocks."):
+            ids[name] = int(name.split(".")[1]) + 1
+        else:
+            ids[name] = depth + 1  # the final norm (and any other head-side parameter)
+    return ids
+
+
+def vit_lr_scales(encoder: nn.Module, layer_decay: float, patch_embed_lr_mult: float = 1.0) -> dict[int, float]:
+    """``id(parameter)`` -> lr multiplier: ``layer_decay ** (depth + 1 - layer id)``, times
+    ``patch_embed_lr_mult`` for the patch embedding (DINOv2's 0.2); parameters outside the encoder keep 1."""
+    depth = len(encoder.blocks)
+    params = dict(encoder.named_parameters())
+    scales = {}
+    for name, layer_id in vit_layer_ids(encoder).items():
+        scale = layer_decay ** (depth + 1 - layer_id)
+        if name.startswith("patch_embed."):
+            scale *= patch_embed_lr_mult
+        scales[id(params[name])] = scale
+    return scales
