@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from sslaug.augment.views import normalize_uint8
-from sslaug.data.formats import DataError
+from sslaug.data.formats import EVAL_CROP_RATIO, DataError, load_array_split, open_classification, read_meta
 from sslaug.io import atomic_write_json
 
 C = TypeVar("C")
@@ -135,6 +135,117 @@ def extract_features(
         with autocast(device, True):
             chunks.append(encoder(normalize_uint8(batch)).float().cpu())
     return torch.cat(chunks)
+
+
+#: Storage types of frozen features (``feature_dtype`` of the probes' configs).
+FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+#: Images per encoder forward when extracting features.
+EXTRACT_BATCH_SIZE = 512
+
+
+def check_feature_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ``feature_dtype`` setting, or a ``ValueError`` naming the allowed ones."""
+    if name not in FEATURE_DTYPES:
+        raise ValueError(f"feature_dtype must be one of {list(FEATURE_DTYPES)}, not {name!r}")
+    return FEATURE_DTYPES[name]
+
+
+def labelled_split(data: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW images and labels of an array split, unlabelled (-1) images dropped."""
+    images, labels = load_array_split(data, split)
+    keep = labels >= 0
+    x = torch.from_numpy(np.ascontiguousarray(images[keep])).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(labels[keep]).long()
+
+
+@dataclasses.dataclass(eq=False)
+class FolderSplit:
+    """The labelled images of an image-folder split, read from disk batch by batch.
+
+    ImageNet's 1.28M photos never sit in memory as images: loaders decode them in worker
+    processes. ``indices`` are the dataset indices of the labelled images, ``labels`` theirs.
+    """
+
+    data: Path
+    split: str
+    image_size: int
+    num_workers: int
+    indices: np.ndarray
+    labels: torch.Tensor
+
+    @classmethod
+    def open(cls, data: str | Path, split: str, image_size: int, num_workers: int) -> FolderSplit:
+        labels = open_classification(data, split).labels
+        indices = np.flatnonzero(labels >= 0)
+        return cls(Path(data), split, image_size, num_workers, indices, torch.from_numpy(labels[indices]).long())
+
+    def test_loader(self, device: torch.device, batch_size: int = EXTRACT_BATCH_SIZE) -> DataLoader:
+        """The papers' test view in order: shorter side ``image_size / EVAL_CROP_RATIO`` (256 for
+        224), centre crop ``image_size``; pinned memory on CUDA."""
+        dataset = open_classification(self.data, self.split, image_size=self.image_size, crop_ratio=EVAL_CROP_RATIO)
+        subset = dataset if len(self.indices) == len(dataset) else Subset(dataset, self.indices.tolist())
+        return DataLoader(
+            subset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+
+
+#: A split as the probes take it: in-memory uint8 images and labels (array format) or a
+#: :class:`FolderSplit` (image-folder format).
+EvalSplit = tuple[torch.Tensor, torch.Tensor] | FolderSplit
+
+
+def open_eval_split(data: str | Path, split: str, image_size: int, num_workers: int) -> EvalSplit:
+    """An array split's labelled images in memory, or an image-folder split to stream.
+
+    ``image_size`` and ``num_workers`` apply to image folders only: array sets are stored at
+    their final resolution and used as stored (today's behaviour, unchanged).
+    """
+    fmt = read_meta(data)["format"]
+    if fmt == "array":
+        return labelled_split(data, split)
+    if fmt == "imagefolder":
+        return FolderSplit.open(data, split, image_size, num_workers)
+    raise DataError(f"{data}: classification probes read 'array' or 'imagefolder' datasets, not {fmt!r}")
+
+
+def split_labels(split: EvalSplit) -> torch.Tensor:
+    """The int64 labels of a split's labelled images, in the order :func:`split_features` returns."""
+    return split.labels if isinstance(split, FolderSplit) else split[1]
+
+
+@torch.no_grad()
+def split_features(
+    encoder: nn.Module, split: EvalSplit, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Frozen-encoder features of every labelled image of ``split`` (test view, no augmentation), on the CPU.
+
+    Array splits go through :func:`extract_features` (unchanged). Image folders stream
+    through a DataLoader (the papers' resize-256 / centre-224 view, see
+    :meth:`FolderSplit.test_loader`), the encoder runs on ``device`` under :func:`autocast`,
+    and each batch's features land in one preallocated ``N x D`` matrix. That matrix is the
+    memory bound: ImageNet's train split at D = 2048 is 1.28M x 2048 float32 = 10.5 GB, half
+    with ``dtype=torch.float16`` (the probes' ``feature_dtype: float16``).
+    """
+    if not isinstance(split, FolderSplit):
+        return extract_features(encoder, split[0], device).to(dtype)
+    encoder.eval().to(device)
+    feats = torch.empty(len(split.indices), int(encoder.feature_dim), dtype=dtype)
+    filled = 0
+    for images, labels in split.test_loader(device):
+        with autocast(device, True):
+            out = encoder(normalize_uint8(images.to(device, non_blocking=True)))
+        feats[filled : filled + len(out)] = out.to(dtype).cpu()
+        if not torch.equal(labels, split.labels[filled : filled + len(out)]):
+            raise DataError(f"{split.data}: labels of split {split.split!r} changed while it was read")
+        filled += len(out)
+    if filled != len(feats):
+        raise DataError(f"{split.data}: split {split.split!r} yielded {filled} images, its index lists {len(feats)}")
+    return feats
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
